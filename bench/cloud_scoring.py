@@ -1,0 +1,139 @@
+"""Cloud scoring throughput: windows scored per second with batching against one model call per
+window, side by side in one run, on the default bundle (or, when it is missing, a test bundle
+of the same shape: LSTM(64) -> LSTM(32), unrolled, W=30, 14 features).
+
+Two levels:
+- model: the bundle's Keras model through the service's `tf.function`, on the same windows;
+- service scorer: ticks in a SQLite store -> complete windows rebuilt, normalised, scored,
+  predictions written (the service's Scorer with batch_max 512 against batch_max 1).
+
+    .venv/bin/python -m bench.cloud_scoring [--windows 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import BUNDLE, BUNDLE_KEY, DATA, save, table
+from cloud_service.metrics import Metrics
+from cloud_service.model import load_verified
+from cloud_service.scoring import Scorer
+from cloud_service.store import Received, SqliteStore
+from cloud_service.testing import make_bundle
+from contract.cmapss import COLUMNS, read_cmapss
+from contract.manifest import Manifest
+from contract.payloads import UplinkBatch
+from contract.preprocess import sliding_windows
+
+BATCH = 512
+
+
+def bundle(tmp: Path) -> tuple[Path, Path, str]:
+    if (BUNDLE / "manifest.json").exists():
+        return BUNDLE, BUNDLE_KEY, "default bundle"
+    features = [f"sensor_{i}" for i in (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21)]
+    folder, key = make_bundle(tmp / "bench-1", tmp / "keys", version="bench-1",
+                              features=features, window=30, lstm_units=(64, 32))
+    return folder, key, "test bundle (models/default missing)"
+
+
+def unit_series(manifest: Manifest, n_units: int) -> list[np.ndarray]:
+    """Raw sensor rows per engine: C-MAPSS FD001 test units when the data and features fit,
+    random numbers of the same shape otherwise."""
+    try:
+        data = read_cmapss(DATA / "test_FD001.txt")
+        cols = [COLUMNS.index(f) for f in manifest.features]
+        return [data[data[:, 0] == u][:, cols].astype(np.float32)
+                for u in np.unique(data[:, 0])[:n_units]]
+    except (OSError, ValueError):
+        rng = np.random.default_rng(0)
+        return [rng.normal(size=(200, len(manifest.features))).astype(np.float32)
+                for _ in range(n_units)]
+
+
+def model_level(model, x: np.ndarray, single: int) -> dict:
+    model(x[:BATCH])
+    model(x[:1])  # warm both paths
+    t0 = time.perf_counter()
+    for i in range(0, len(x), BATCH):
+        model(x[i:i + BATCH])
+    batched = len(x) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for i in range(single):
+        model(x[i:i + 1])
+    one = single / (time.perf_counter() - t0)
+    return {"batched": batched, "one_per_window": one}
+
+
+def scorer_level(model, manifest: Manifest, series: list[np.ndarray], tmp: Path,
+                 batch_max: int, limit_ticks: int | None = None) -> tuple[float, int]:
+    store = SqliteStore(tmp / f"bench-{batch_max}.db")
+    items = []
+    for u, rows in enumerate(series):
+        rows = rows[:limit_ticks] if limit_ticks else rows
+        n = len(rows)
+        items.append(Received(UplinkBatch(
+            gateway="gw-bench", asset=f"engine-{u}", first_seq=0,
+            timestamps=np.arange(n, dtype=np.float64), features=tuple(manifest.features),
+            values=rows, probability=np.full(n, 0.5, np.float32),
+            rul=np.full(n, 50.0, np.float32), model_version="edge"), time.time()))
+    store.write_ingest(items, [], [])
+    scorer = Scorer(store, model, manifest, Metrics(), lambda *_: None, batch_max=batch_max,
+                    max_delay=0)
+    t0 = time.perf_counter()
+    scored = scorer.drain()
+    rate = scored / (time.perf_counter() - t0)
+    store.close()
+    return rate, scored
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--windows", type=int, default=4096, help="windows for the model level")
+    ap.add_argument("--single", type=int, default=300, help="one-per-window calls to time")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        folder, key, which = bundle(tmp)
+        manifest, model = load_verified(folder, [key])
+        series = unit_series(manifest, 100)
+        windows = np.concatenate([manifest.normalisation.apply(sliding_windows(s, manifest.window))
+                                  for s in series if len(s) >= manifest.window])
+        x = np.resize(windows, (args.windows, manifest.window, len(manifest.features)))
+        m = model_level(model, x, args.single)
+        s_batched, n_batched = scorer_level(model, manifest, series, tmp, BATCH)
+        # One call per window: fewer ticks per engine so the run stays short.
+        s_one, n_one = scorer_level(model, manifest, series[:20], tmp, 1,
+                                    limit_ticks=manifest.window + 40)
+    rows = [
+        ["model call (tf.function)", m["batched"], m["one_per_window"],
+         m["batched"] / m["one_per_window"]],
+        ["service scorer (store -> windows -> model -> store)", s_batched, s_one,
+         s_batched / s_one],
+    ]
+    table(f"Cloud scoring, windows/s ({manifest.version}, {which}; W={manifest.window}, "
+          f"{len(manifest.features)} features, batch {BATCH})",
+          ["level", f"batched ({BATCH})", "one call per window", "ratio"], rows)
+    record = {
+        "bundle": manifest.version, "bundle_kind": which, "window": manifest.window,
+        "features": len(manifest.features), "batch": BATCH,
+        "model": {"batched_windows_per_s": m["batched"],
+                  "one_per_window_windows_per_s": m["one_per_window"],
+                  "ratio": m["batched"] / m["one_per_window"], "windows": args.windows,
+                  "single_calls": args.single},
+        "scorer": {"batched_windows_per_s": s_batched, "batched_windows": n_batched,
+                   "one_per_window_windows_per_s": s_one, "one_per_window_windows": n_one,
+                   "ratio": s_batched / s_one},
+    }
+    path = save("cloud_scoring", record)
+    print(f"wrote {path}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from cloud_service.cli import app
+
+app(prog_name="python -m cloud_service")

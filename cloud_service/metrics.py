@@ -1,0 +1,68 @@
+"""Prometheus metrics of one service instance (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from cloud_service.deadletters import REASONS
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.messages = Counter("pdm_cloud_messages", "MQTT messages received, by topic kind "
+                                "and outcome (stored, dead_letter, ignored)",
+                                ["kind", "outcome"], registry=r)
+        self.ticks_received = Counter("pdm_cloud_ticks_received", "ticks in accepted batches",
+                                      registry=r)
+        self.rows_inserted = Counter("pdm_cloud_rows_inserted", "rows written, by table",
+                                     ["table"], registry=r)
+        self.duplicate_ticks = Counter("pdm_cloud_duplicate_ticks",
+                                       "ticks already stored (redelivered), ignored", registry=r)
+        self.dead_letters = Counter("pdm_cloud_dead_letters", "refused payloads, by reason",
+                                    ["reason"], registry=r)
+        for reason in REASONS:
+            self.dead_letters.labels(reason)
+        self.commit_seconds = Histogram("pdm_cloud_ingest_commit_seconds",
+                                        "time to write (and then acknowledge) one group of "
+                                        "messages", buckets=LATENCY_BUCKETS, registry=r)
+        self.ingest_queue = Gauge("pdm_cloud_ingest_queue", "messages received, not yet "
+                                  "committed", registry=r)
+        self.broker_connected = Gauge("pdm_cloud_broker_connected", "1 while connected",
+                                      registry=r)
+        self.reconnects = Counter("pdm_cloud_broker_reconnects", "connections after the first",
+                                  registry=r)
+        self.batch_size = Histogram("pdm_cloud_scoring_batch_size", "windows per model call",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.model_seconds = Histogram("pdm_cloud_scoring_model_seconds",
+                                       "seconds per model call", buckets=LATENCY_BUCKETS,
+                                       registry=r)
+        self.scoring_latency = Histogram("pdm_cloud_scoring_latency_seconds",
+                                         "seconds from a tick's arrival to its window's score",
+                                         buckets=LATENCY_BUCKETS + (10, 30, 60), registry=r)
+        self.windows_scored = Counter("pdm_cloud_windows_scored", "windows scored", registry=r)
+        self.windows_unscorable = Counter("pdm_cloud_windows_unscorable",
+                                          "complete windows the model cannot score (features "
+                                          "missing), recorded with the reason", registry=r)
+        self.backlog = Gauge("pdm_cloud_scoring_backlog",
+                             "complete windows waiting to be scored", registry=r)
+        self.verdicts = Counter("pdm_cloud_verdicts", "verdicts on escalated windows: the "
+                                "edge's decision agreed or overruled", ["outcome"], registry=r)
+        self.alerts = Counter("pdm_cloud_alerts", "cloud alert transitions, by new state",
+                              ["state"], registry=r)
+        self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
+                                  ["version"], registry=r)
+
+    def track_backlog(self, fn: Callable[[], float]) -> None:
+        self.backlog.set_function(fn)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

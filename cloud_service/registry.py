@@ -1,0 +1,88 @@
+"""Registered model bundles: verified on arrival, kept as a folder and as the tar that gateways
+download. Announcements and rollouts build on this later."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from cloud_service.store import Store
+from contract.bundle import PublicKeyLike, pack_bundle, unpack_bundle, verify_bundle
+from contract.errors import ContractError
+from contract.manifest import SIGNATURE, Manifest
+
+
+class Registry:
+    def __init__(self, root: Path, store: Store, trusted_keys: Iterable[PublicKeyLike],
+                 max_bytes: int) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = store
+        self.trusted_keys = list(trusted_keys)
+        self.max_bytes = max_bytes
+
+    def register_tar(self, data: bytes, source: str = "upload") -> tuple[dict, bool]:
+        """Unpack, verify against the trusted keys, keep, record. Raises ContractError with the
+        reason for anything unsigned, tampered or malformed; ModelConflict for a version that
+        is already registered with other content."""
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".upload-") as tmp:
+            folder = unpack_bundle(data, Path(tmp) / "bundle", self.max_bytes)
+            manifest = verify_bundle(folder, self.trusted_keys)
+            sha = hashlib.sha256(data).hexdigest()
+            existing = self.store.model(manifest.version)
+            if existing is not None and existing["sha256"] == sha:
+                return existing, False
+            final = self.root / manifest.version
+            tar_path = self.root / f"{manifest.version}.tar"
+            if existing is None:
+                shutil.rmtree(final, ignore_errors=True)
+                shutil.move(str(folder), final)
+                tmp_tar = tar_path.with_suffix(".tar.partial")
+                tmp_tar.write_bytes(data)
+                tmp_tar.replace(tar_path)
+            record = self._record(manifest, final, tar_path, sha, len(data), source)
+            return self.store.register_model(record)
+
+    def register_folder(self, folder: Path, manifest: Manifest,
+                        source: str = "config") -> tuple[dict, bool]:
+        """Record an already verified bundle folder (the one the service scores with) and keep
+        its tar so gateways can download it too."""
+        data = pack_bundle(folder)
+        sha = hashlib.sha256(data).hexdigest()
+        existing = self.store.model(manifest.version)
+        if existing is not None and existing["sha256"] == sha:
+            return existing, False
+        tar_path = self.root / f"{manifest.version}.tar"
+        if existing is None:
+            tmp_tar = tar_path.with_suffix(".tar.partial")
+            tmp_tar.write_bytes(data)
+            tmp_tar.replace(tar_path)
+        record = self._record(manifest, Path(folder), tar_path, sha, len(data), source)
+        return self.store.register_model(record)
+
+    def tar_path(self, version: str) -> Path | None:
+        row = self.store.model(version)
+        if row is None:
+            return None
+        path = Path(row["tar_path"])
+        return path if path.is_file() else None
+
+    @staticmethod
+    def _record(manifest: Manifest, folder: Path, tar_path: Path, sha: str, size: int,
+                source: str) -> dict:
+        try:
+            signature = (folder / SIGNATURE).read_text().strip()
+        except OSError as exc:
+            raise ContractError(f"cannot read {SIGNATURE} of {folder}: {exc}") from None
+        return {
+            "version": manifest.version, "created": manifest.created,
+            "registered_at": time.time(), "source": source, "sha256": sha, "size": size,
+            "signature": signature, "path": str(folder), "tar_path": str(tar_path),
+            "window": manifest.window, "features": json.dumps(manifest.features),
+            "manifest": manifest.model_dump_json(),
+        }

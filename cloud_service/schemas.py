@@ -1,0 +1,177 @@
+"""Response bodies of the HTTP API (they make the OpenAPI document at /docs useful)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Gateway(BaseModel):
+    gateway: str
+    online: bool | None = Field(None, description="from the retained status; None: never sent")
+    status_time: float | None = None
+    first_seen: float | None = None
+    last_seen: float | None = Field(None, description="last uplink or status received")
+    model_version: str | None = None
+    agent_version: str | None = None
+    assets: int = 0
+
+
+class Asset(BaseModel):
+    gateway: str
+    asset: str
+    first_seen: float | None = None
+    last_seen: float | None = None
+    last_seq: int | None = None
+    ticks: int = 0
+    state: str | None = Field(None, description="cloud alert state (NORMAL/WARNING/CRITICAL)")
+    state_since: float | None = None
+    probability: float | None = Field(None, description="cloud failure probability, latest "
+                                                        "window")
+    rul: float | None = Field(None, description="cloud remaining useful life, latest window")
+    scored_seq: int | None = None
+    model_version: str | None = None
+    edge_probability: float | None = None
+    edge_rul: float | None = None
+    edge_seq: int | None = None
+    edge_model_version: str | None = None
+
+
+class Tick(BaseModel):
+    seq: int
+    time: float
+    values: dict[str, float]
+    edge_probability: float | None = None
+    edge_rul: float | None = None
+    model_version: str | None = None
+    received_at: float | None = None
+
+
+class TickPage(BaseModel):
+    items: list[Tick]
+    next_after_seq: int | None = Field(None, description="pass as after_seq for the next page")
+
+
+class Prediction(BaseModel):
+    seq: int
+    tick_time: float | None = None
+    probability: float | None = None
+    rul: float | None = None
+    edge_probability: float | None = None
+    edge_rul: float | None = None
+    diff: float | None = Field(None, description="|cloud - edge| probability")
+    rul_diff: float | None = Field(None, description="|cloud - edge| RUL")
+    model_version: str | None = None
+    edge_model_version: str | None = None
+    scored_at: float | None = None
+    error: str | None = Field(None, description="why the window could not be scored")
+
+
+class PredictionPage(BaseModel):
+    items: list[Prediction]
+    next_after_seq: int | None = None
+
+
+class Alert(BaseModel):
+    id: int
+    gateway: str
+    asset: str
+    seq: int
+    source: str
+    old_state: str
+    new_state: str
+    probability: float
+    rul: float | None = None
+    model_version: str
+    tick_time: float
+    published_at: float
+
+
+class AlertPage(BaseModel):
+    items: list[Alert]
+    next_after_id: int | None = None
+
+
+class DeadLetter(BaseModel):
+    id: int
+    received_at: float
+    topic: str
+    gateway: str | None = None
+    reason: str
+    detail: str
+    size: int
+    payload_base64: str = Field(description="the payload's first bytes (up to the configured "
+                                            "keep limit)")
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetter]
+    next_after_id: int | None = None
+
+
+class Model(BaseModel):
+    version: str
+    created: str
+    registered_at: float
+    source: str = Field(description="config (the bundle this service scores with) or upload")
+    sha256: str = Field(description="SHA-256 of the bundle tar")
+    size: int
+    signature: str
+    window: int
+    features: list[str]
+    scoring: bool = Field(False, description="the model this service scores with")
+    bundle_url: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    reasons: list[str]
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=r"^[A-Za-z0-9._+-]{1,64}$",
+                         description="a registered model version (GET /api/v1/models)")
+    gateways: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] | None = Field(
+        None, min_length=1, max_length=10_000,
+        description="these gateways only; default: every known gateway")
+    percent: float | None = Field(
+        None, gt=0, le=100, description="a canary: this share of the known gateways (at least "
+                                        "one), picked by a hash of the rollout id")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RolloutRequest:
+        if self.gateways is not None and self.percent is not None:
+            raise ValueError("give either gateways or percent, not both")
+        return self
+
+
+class RolloutTarget(BaseModel):
+    gateway: str
+    from_version: str | None = Field(None, description="what it ran when the rollout began")
+    step: str = Field(description="announced, paused, cleared, rolling-back, unannounced (the "
+                                  "cloud's), or the gateway's report: downloading, verified, "
+                                  "active, failed, rolled-back")
+    reason: str | None = Field(None, description="why it failed, as the gateway reported it")
+    updated_at: float | None = None
+    report_time: float | None = Field(None, description="the gateway's clock at its last report")
+
+
+class Rollout(BaseModel):
+    id: str
+    version: str
+    action: str
+    state: str = Field(description="active, paused or rolled-back")
+    created_at: float
+    updated_at: float
+    percent: float | None = None
+    requested: dict
+    targets: list[RolloutTarget]
+    steps: dict[str, int] = Field(description="how many gateways are at each step")
+    complete: bool = Field(description="every targeted gateway reported the version active")

@@ -1,0 +1,99 @@
+"""One service instance: store, model, scorer and MQTT consumer, started and stopped together
+(by the HTTP app's lifespan), and the readiness judgement over them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from cloud_service.config import CloudConfig
+from cloud_service.ingest import Consumer
+from cloud_service.metrics import Metrics
+from cloud_service.model import ModelError, load_verified
+from cloud_service.registry import Registry
+from cloud_service.rollouts import Rollouts
+from cloud_service.scoring import Scorer
+from cloud_service.store import Inserted, SqliteStore
+from contract.errors import ContractError
+from contract.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reasons: list[str]
+
+
+class Service:
+    def __init__(self, cfg: CloudConfig) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.store = SqliteStore(cfg.store.path, cfg.store.synchronous)
+        self.registry = Registry(cfg.registry.path, self.store, cfg.bundle.trusted_keys,
+                                 cfg.registry.max_upload_bytes)
+        self.manifest: Manifest | None = None
+        self.scorer: Scorer | None = None
+        self.model_error: str | None = "model not loaded yet"
+        self.consumer = Consumer(cfg, self.store, self.metrics, on_inserted=self._on_inserted)
+        self.rollouts = Rollouts(self.store, self.publish_retained)
+        self._started = threading.Event()
+
+    def start(self) -> None:
+        """Load the model (a bad bundle keeps the service up but not ready: ticks are still
+        stored and scored once a good bundle is configured), then start scoring and ingest."""
+        try:
+            manifest, model = load_verified(self.cfg.bundle.path, self.cfg.bundle.trusted_keys)
+            self.registry.register_folder(self.cfg.bundle.path, manifest)
+        except (ModelError, ContractError, OSError) as exc:
+            self.model_error = str(exc)
+            log.error("no model: %s", exc)
+        else:
+            self.manifest, self.model_error = manifest, None
+            self.metrics.model_loaded.labels(manifest.version).set(1)
+            sc = self.cfg.scoring
+            self.scorer = Scorer(self.store, model, manifest, self.metrics,
+                                 publish=self.consumer.publish, batch_max=sc.batch_max,
+                                 max_delay=sc.max_delay)
+            self.scorer.start()
+        self.consumer.start()
+        self._started.set()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        if self.scorer:
+            self.scorer.stop()
+        self.store.close()
+
+    def publish_retained(self, topic: str, payload: bytes, timeout: float = 10) -> None:
+        """Publish retained at QoS 1 and wait for the broker's acknowledgement."""
+        if not self.consumer.connected.is_set():
+            raise ConnectionError("not connected to the MQTT broker")
+        info = self.consumer.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise TimeoutError(f"no acknowledgement within {timeout:.0f} s")
+
+    def _on_inserted(self, inserted: list[Inserted]) -> None:
+        if self.scorer is not None:
+            self.scorer.notify(inserted)
+
+    def readiness(self) -> Readiness:
+        reasons = []
+        if not self.consumer.connected.is_set():
+            where = f"{self.cfg.broker.host}:{self.cfg.broker.port}"
+            extra = f" ({self.consumer.last_error})" if self.consumer.last_error else ""
+            reasons.append(f"not connected to the MQTT broker at {where}{extra}")
+        if self.consumer.store_error:
+            reasons.append(self.consumer.store_error)
+        try:
+            self.store.check_writable()
+        except Exception as exc:
+            reasons.append(f"store {self.cfg.store.path} is not writable: {exc}")
+        if self.model_error:
+            reasons.append(f"model not loaded: {self.model_error}")
+        elif self.scorer and self.scorer.last_error:
+            reasons.append(f"scoring is failing: {self.scorer.last_error}")
+        return Readiness(not reasons, reasons)

@@ -1,0 +1,659 @@
+"""The store: every tick, prediction, alert, dead letter and model the service knows.
+
+`Store` is the narrow interface the rest of the service uses; `SqliteStore` implements it on
+SQLite in WAL mode through sqlite-utils. Ticks and predictions are keyed by (gateway, asset,
+seq) and written with INSERT OR IGNORE, so a redelivered batch changes nothing. A PostgreSQL
+implementation of the same interface is what a multi-replica deployment needs (SQLite is one
+file on one host).
+
+Threads: the MQTT writer, the scorer and the HTTP worker threads all use the store. Each thread
+gets its own connection; writes take SQLite's write lock at BEGIN IMMEDIATE and wait for it
+(busy timeout) instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from sqlite_utils import Database
+
+from cloud_service.deadletters import DeadLetter
+from contract.payloads import GatewayStatus, UpdateReport, UplinkBatch
+
+AssetKey = tuple[str, str]
+BUSY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class Received:
+    """One decoded uplink batch and when it arrived."""
+
+    batch: UplinkBatch
+    received_at: float
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    status: GatewayStatus
+    received_at: float
+
+
+@dataclass(frozen=True)
+class ReportUpdate:
+    """A gateway's progress on a model update (`.../update`)."""
+
+    report: UpdateReport
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """What one uplink batch added: the seq range it covered and how many rows were new."""
+
+    key: AssetKey
+    first_seq: int
+    last_seq: int
+    new_rows: int
+    escalated: bool = False
+
+
+@dataclass
+class WindowTicks:
+    """Stored ticks of one asset over a seq range, as the scorer needs them."""
+
+    seqs: np.ndarray  # int64, sorted
+    times: np.ndarray  # float64
+    received_at: np.ndarray  # float64
+    feature_sets: np.ndarray  # int64
+    values: list[bytes]  # float32 little-endian rows, in their feature set's order
+    edge_probability: list[float | None]
+    edge_rul: list[float | None]
+    edge_model: list[str]
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    gateway: str
+    asset: str
+    seq: int
+    tick_time: float
+    probability: float | None
+    rul: float | None
+    edge_probability: float | None
+    edge_rul: float | None
+    diff: float | None
+    rul_diff: float | None
+    model_version: str
+    edge_model_version: str | None
+    scored_at: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    gateway: str
+    asset: str
+    seq: int
+    source: str
+    old_state: str
+    new_state: str
+    probability: float
+    rul: float | None
+    model_version: str
+    tick_time: float
+    published_at: float
+
+
+@dataclass(frozen=True)
+class AssetScore:
+    """The latest cloud judgement of one asset, kept so a restart resumes its alert state."""
+
+    key: AssetKey
+    seq: int
+    probability: float
+    rul: float | None
+    state: str
+    state_since: float
+    model_version: str
+    scored_at: float
+
+
+@dataclass
+class ScoreWrite:
+    predictions: list[PredictionRow] = field(default_factory=list)
+    alerts: list[AlertRow] = field(default_factory=list)
+    assets: list[AssetScore] = field(default_factory=list)
+
+
+class ModelConflict(ValueError):
+    """A model version is already registered with other content."""
+
+
+class Store(Protocol):
+    """What the service needs from a store (SQLite here; PostgreSQL could follow)."""
+
+    def write_ingest(self, batches: list[Received], statuses: list[StatusUpdate],
+                     dead: list[DeadLetter],
+                     reports: Sequence[ReportUpdate] = ()) -> list[Inserted]: ...
+    def tick_seqs(self, key: AssetKey, lo: int, hi: int) -> np.ndarray: ...
+    def predicted_seqs(self, key: AssetKey, lo: int, hi: int) -> set[int]: ...
+    def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]: ...
+    def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks: ...
+    def feature_set(self, feature_set_id: int) -> tuple[str, ...]: ...
+    def write_scores(self, write: ScoreWrite) -> None: ...
+    def asset_scores(self) -> dict[AssetKey, tuple[str, int, float | None]]: ...
+    def check_writable(self) -> None: ...
+    def gateways(self) -> list[dict]: ...
+    def assets(self, gateway: str | None = None) -> list[dict]: ...
+    def asset(self, gateway: str, asset: str) -> dict | None: ...
+    def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
+              since: float | None, until: float | None, limit: int) -> list[dict]: ...
+    def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
+                    limit: int) -> list[dict]: ...
+    def alerts(self, gateway: str | None, asset: str | None, state: str | None,
+               since: float | None, after_id: int, limit: int) -> list[dict]: ...
+    def dead_letters(self, reason: str | None, after_id: int, limit: int) -> list[dict]: ...
+    def models(self) -> list[dict]: ...
+    def model(self, version: str) -> dict | None: ...
+    def register_model(self, record: dict) -> tuple[dict, bool]: ...
+    def create_rollout(self, rollout: dict, targets: list[dict]) -> None: ...
+    def rollouts(self) -> list[dict]: ...
+    def rollout(self, rollout_id: str) -> dict | None: ...
+    def rollout_targets(self, rollout_id: str) -> list[dict]: ...
+    def update_rollout(self, rollout_id: str, state: str,
+                       steps: dict[str, tuple[str, str | None]]) -> None: ...
+    def close(self) -> None: ...
+
+
+def _opt(x: float | None) -> float | None:
+    """NaN (the codec's 'no score') and None both become SQL NULL."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class SqliteStore:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._feature_ids: dict[tuple[str, ...], int] = {}
+        self._feature_names: dict[int, tuple[str, ...]] = {}
+        self._create_schema()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _db(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            db = Database(conn, execute_plugins=False)
+            self._local.db = db
+            with self._lock:
+                self._all.append(conn)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; the write lock is taken at its start, so two writers queue
+        instead of deadlocking on a lock upgrade."""
+        conn = self._db().conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _rows(self, sql: str, params: Iterable[Any] | dict = ()) -> list[dict]:
+        return list(self._db().query(sql, params))
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with suppress(sqlite3.Error):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        db = self._db()
+        db.enable_wal()
+        db["gateways"].create({
+            "gateway": str, "online": int, "status_time": float, "first_seen": float,
+            "last_seen": float, "model_version": str, "agent_version": str,
+        }, pk="gateway", if_not_exists=True)
+        db["assets"].create({
+            "gateway": str, "asset": str, "first_seen": float, "last_seen": float,
+            "last_seq": int, "ticks": int, "edge_seq": int, "edge_probability": float,
+            "edge_rul": float, "edge_model_version": str, "cloud_seq": int,
+            "cloud_probability": float, "cloud_rul": float, "cloud_state": str,
+            "cloud_state_since": float, "cloud_model_version": str, "scored_at": float,
+        }, pk=("gateway", "asset"), not_null={"ticks"}, defaults={"ticks": 0},
+            if_not_exists=True)
+        db["feature_sets"].create({"id": int, "names": str}, pk="id", not_null={"names"},
+                                  if_not_exists=True)
+        db["feature_sets"].create_index(["names"], unique=True, if_not_exists=True)
+        db["ticks"].create({
+            "gateway": str, "asset": str, "seq": int, "time": float, "feature_set": int,
+            "vals": bytes, "edge_probability": float, "edge_rul": float, "model_version": str,
+            "received_at": float,
+        }, pk=("gateway", "asset", "seq"), not_null={"time", "feature_set", "vals"},
+            if_not_exists=True)
+        db["ticks"].create_index(["gateway", "asset", "time"], if_not_exists=True)
+        db["predictions"].create({
+            "gateway": str, "asset": str, "seq": int, "tick_time": float,
+            "probability": float, "rul": float, "edge_probability": float, "edge_rul": float,
+            "diff": float, "rul_diff": float, "model_version": str,
+            "edge_model_version": str, "scored_at": float, "error": str,
+        }, pk=("gateway", "asset", "seq"), if_not_exists=True)
+        db["alerts"].create({
+            "id": int, "gateway": str, "asset": str, "seq": int, "source": str,
+            "old_state": str, "new_state": str, "probability": float, "rul": float,
+            "model_version": str, "tick_time": float, "published_at": float,
+        }, pk="id", if_not_exists=True)
+        db["alerts"].create_index(["published_at"], if_not_exists=True)
+        db["alerts"].create_index(["gateway", "asset", "seq", "source"], unique=True,
+                                  if_not_exists=True)
+        db["dead_letters"].create({
+            "id": int, "received_at": float, "topic": str, "gateway": str, "reason": str,
+            "detail": str, "size": int, "payload": bytes,
+        }, pk="id", if_not_exists=True)
+        db["dead_letters"].create_index(["reason"], if_not_exists=True)
+        db["models"].create({
+            "version": str, "created": str, "registered_at": float, "source": str,
+            "sha256": str, "size": int, "signature": str, "path": str, "tar_path": str,
+            "window": int, "features": str, "manifest": str,
+        }, pk="version", if_not_exists=True)
+        db["rollouts"].create({
+            "id": str, "version": str, "action": str, "state": str, "created_at": float,
+            "updated_at": float, "percent": float, "requested": str,
+        }, pk="id", if_not_exists=True)
+        # One row per targeted gateway: `step` is what the cloud did (announced, paused,
+        # cleared) or the gateway's last report (downloading, verified, active, failed, ...).
+        db["rollout_targets"].create({
+            "rollout_id": str, "gateway": str, "from_version": str, "step": str, "reason": str,
+            "updated_at": float, "report_time": float,
+        }, pk=("rollout_id", "gateway"), foreign_keys=[("rollout_id", "rollouts", "id")],
+            if_not_exists=True)
+        db["health"].create({"id": int, "checked_at": float}, pk="id", if_not_exists=True)
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def _feature_set_id(self, conn: sqlite3.Connection, names: tuple[str, ...]) -> int:
+        known = self._feature_ids.get(names)
+        if known is not None:
+            return known
+        text = json.dumps(list(names))
+        conn.execute("INSERT OR IGNORE INTO feature_sets (names) VALUES (?)", (text,))
+        (fid,) = conn.execute("SELECT id FROM feature_sets WHERE names = ?", (text,)).fetchone()
+        with self._lock:
+            self._feature_ids[names] = fid
+            self._feature_names[fid] = names
+        return fid
+
+    def write_ingest(self, batches: list[Received], statuses: list[StatusUpdate],
+                     dead: list[DeadLetter],
+                     reports: Sequence[ReportUpdate] = ()) -> list[Inserted]:
+        """Everything one group of MQTT messages carried, in one transaction."""
+        inserted: list[Inserted] = []
+        if not (batches or statuses or dead or reports):
+            return inserted
+        with self._write() as conn:
+            for item in batches:
+                inserted.append(self._insert_batch(conn, item))
+            for s in statuses:
+                st = s.status
+                conn.execute(
+                    "INSERT INTO gateways (gateway, online, status_time, first_seen, last_seen, "
+                    "model_version, agent_version) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (gateway) DO UPDATE SET "
+                    "online = CASE WHEN excluded.status_time >= coalesce(status_time, 0) "
+                    "  THEN excluded.online ELSE online END, "
+                    "model_version = CASE WHEN excluded.status_time >= coalesce(status_time, 0) "
+                    "  THEN coalesce(excluded.model_version, model_version) "
+                    "  ELSE model_version END, "
+                    "agent_version = CASE WHEN excluded.status_time >= coalesce(status_time, 0) "
+                    "  THEN coalesce(excluded.agent_version, agent_version) "
+                    "  ELSE agent_version END, "
+                    "status_time = max(coalesce(status_time, 0), excluded.status_time), "
+                    "last_seen = max(coalesce(last_seen, 0), excluded.last_seen)",
+                    (st.gateway, int(st.online), st.time, s.received_at, s.received_at,
+                     st.model_version, st.agent_version))
+            for r in reports:
+                self._apply_report(conn, r)
+            if dead:
+                conn.executemany(
+                    "INSERT INTO dead_letters (received_at, topic, gateway, reason, detail, size, "
+                    "payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(d.received_at, d.topic, d.gateway, d.reason, d.detail, d.size, d.payload)
+                     for d in dead])
+        return inserted
+
+    @staticmethod
+    def _apply_report(conn: sqlite3.Connection, item: ReportUpdate) -> None:
+        r = item.report
+        if r.rollout_id:  # an older report (redelivered, reordered) never overwrites a newer
+            conn.execute(
+                "UPDATE rollout_targets SET step = ?, reason = ?, updated_at = ?, "
+                "report_time = ? WHERE rollout_id = ? AND gateway = ? "
+                "AND coalesce(report_time, 0) <= ?",
+                (r.step, r.reason, item.received_at, r.time, r.rollout_id, r.gateway, r.time))
+        if r.step in ("active", "rolled-back"):
+            conn.execute(
+                "INSERT INTO gateways (gateway, first_seen, last_seen, model_version) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (gateway) DO UPDATE SET "
+                "model_version = excluded.model_version, last_seen = excluded.last_seen",
+                (r.gateway, item.received_at, item.received_at, r.version))
+
+    def _insert_batch(self, conn: sqlite3.Connection, item: Received) -> Inserted:
+        b, now = item.batch, item.received_at
+        fid = self._feature_set_id(conn, tuple(b.features))
+        values = np.ascontiguousarray(b.values, dtype="<f4")
+        rows = [
+            (b.gateway, b.asset, seq, float(b.timestamps[i]), fid, values[i].tobytes(),
+             _opt(b.probability[i]), _opt(b.rul[i]), b.model_version, now)
+            for i, seq in enumerate(b.seqs)
+        ]
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO ticks (gateway, asset, seq, time, feature_set, vals, "
+            "edge_probability, edge_rul, model_version, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        new_rows = conn.total_changes - before
+        edge_seq = edge_p = edge_r = None
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i][6] is not None:
+                edge_seq, edge_p, edge_r = rows[i][2], rows[i][6], rows[i][7]
+                break
+        last = b.first_seq + len(rows) - 1
+        conn.execute(
+            "INSERT INTO assets (gateway, asset, first_seen, last_seen, last_seq, ticks, "
+            "edge_seq, edge_probability, edge_rul, edge_model_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway, asset) DO UPDATE SET "
+            "last_seen = max(coalesce(last_seen, 0), excluded.last_seen), "
+            "last_seq = max(coalesce(last_seq, -1), excluded.last_seq), "
+            "ticks = ticks + excluded.ticks, "
+            "edge_probability = CASE WHEN coalesce(excluded.edge_seq, -1) >= "
+            "  coalesce(edge_seq, -1) THEN excluded.edge_probability ELSE edge_probability END, "
+            "edge_rul = CASE WHEN coalesce(excluded.edge_seq, -1) >= coalesce(edge_seq, -1) "
+            "  THEN excluded.edge_rul ELSE edge_rul END, "
+            "edge_model_version = CASE WHEN coalesce(excluded.edge_seq, -1) >= "
+            "  coalesce(edge_seq, -1) THEN excluded.edge_model_version "
+            "  ELSE edge_model_version END, "
+            "edge_seq = max(coalesce(edge_seq, -1), coalesce(excluded.edge_seq, -1))",
+            (b.gateway, b.asset, now, now, last, new_rows, edge_seq, edge_p, edge_r,
+             b.model_version))
+        conn.execute(
+            "INSERT INTO gateways (gateway, first_seen, last_seen) VALUES (?, ?, ?) "
+            "ON CONFLICT (gateway) DO UPDATE SET "
+            "last_seen = max(coalesce(last_seen, 0), excluded.last_seen)",
+            (b.gateway, now, now))
+        return Inserted((b.gateway, b.asset), b.first_seq, last, new_rows, b.escalated)
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def tick_seqs(self, key: AssetKey, lo: int, hi: int) -> np.ndarray:
+        cur = self._db().conn.execute(
+            "SELECT seq FROM ticks WHERE gateway = ? AND asset = ? AND seq BETWEEN ? AND ? "
+            "ORDER BY seq", (*key, lo, hi))
+        return np.fromiter((r[0] for r in cur), np.int64)
+
+    def predicted_seqs(self, key: AssetKey, lo: int, hi: int) -> set[int]:
+        cur = self._db().conn.execute(
+            "SELECT seq FROM predictions WHERE gateway = ? AND asset = ? AND seq BETWEEN ? AND ?",
+            (*key, lo, hi))
+        return {r[0] for r in cur}
+
+    def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]:
+        """Per asset, the seqs of stored ticks (>= min_seq) that have no prediction: after a
+        restart, the windows that may still need scoring end at these."""
+        cur = self._db().conn.execute(
+            "SELECT t.gateway, t.asset, t.seq FROM ticks t LEFT JOIN predictions p "
+            "ON p.gateway = t.gateway AND p.asset = t.asset AND p.seq = t.seq "
+            "WHERE p.seq IS NULL AND t.seq >= ? ORDER BY t.gateway, t.asset, t.seq", (min_seq,))
+        key: AssetKey | None = None
+        seqs: list[int] = []
+        for gw, asset, seq in cur:
+            if (gw, asset) != key:
+                if key is not None:
+                    yield key, np.asarray(seqs, np.int64)
+                key, seqs = (gw, asset), []
+            seqs.append(seq)
+        if key is not None:
+            yield key, np.asarray(seqs, np.int64)
+
+    def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks:
+        rows = self._db().conn.execute(
+            "SELECT seq, time, received_at, feature_set, vals, edge_probability, edge_rul, "
+            "model_version FROM ticks WHERE gateway = ? AND asset = ? AND seq BETWEEN ? AND ? "
+            "ORDER BY seq", (*key, lo, hi)).fetchall()
+        return WindowTicks(
+            seqs=np.array([r[0] for r in rows], np.int64),
+            times=np.array([r[1] for r in rows], np.float64),
+            received_at=np.array([r[2] if r[2] is not None else r[1] for r in rows], np.float64),
+            feature_sets=np.array([r[3] for r in rows], np.int64),
+            values=[r[4] for r in rows],
+            edge_probability=[r[5] for r in rows],
+            edge_rul=[r[6] for r in rows],
+            edge_model=[r[7] for r in rows],
+        )
+
+    def feature_set(self, feature_set_id: int) -> tuple[str, ...]:
+        known = self._feature_names.get(feature_set_id)
+        if known is not None:
+            return known
+        row = self._db().conn.execute("SELECT names FROM feature_sets WHERE id = ?",
+                                      (feature_set_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"feature set {feature_set_id} is not stored")
+        names = tuple(json.loads(row[0]))
+        with self._lock:
+            self._feature_names[feature_set_id] = names
+            self._feature_ids[names] = feature_set_id
+        return names
+
+    def write_scores(self, write: ScoreWrite) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO predictions (gateway, asset, seq, tick_time, probability, "
+                "rul, edge_probability, edge_rul, diff, rul_diff, model_version, "
+                "edge_model_version, scored_at, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(p.gateway, p.asset, p.seq, p.tick_time, p.probability, p.rul,
+                  p.edge_probability, p.edge_rul, p.diff, p.rul_diff, p.model_version,
+                  p.edge_model_version, p.scored_at, p.error) for p in write.predictions])
+            conn.executemany(
+                "INSERT OR IGNORE INTO alerts (gateway, asset, seq, source, old_state, new_state, "
+                "probability, rul, model_version, tick_time, published_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(a.gateway, a.asset, a.seq, a.source, a.old_state, a.new_state, a.probability,
+                  a.rul, a.model_version, a.tick_time, a.published_at) for a in write.alerts])
+            conn.executemany(
+                "UPDATE assets SET cloud_seq = ?, cloud_probability = ?, cloud_rul = ?, "
+                "cloud_state = ?, cloud_state_since = ?, cloud_model_version = ?, scored_at = ? "
+                "WHERE gateway = ? AND asset = ? AND coalesce(cloud_seq, -1) < ?",
+                [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
+                  a.scored_at, *a.key, a.seq) for a in write.assets])
+
+    def asset_scores(self) -> dict[AssetKey, tuple[str, int, float | None]]:
+        """Per asset: cloud alert state, seq of the last window fed to the alert machine, and
+        since when the state holds."""
+        cur = self._db().conn.execute(
+            "SELECT gateway, asset, cloud_state, cloud_seq, cloud_state_since FROM assets "
+            "WHERE cloud_seq IS NOT NULL")
+        return {(g, a): (s or "NORMAL", q, t) for g, a, s, q, t in cur}
+
+    def check_writable(self) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)",
+                         (time.time(),))
+
+    # -- API queries -----------------------------------------------------------------------
+
+    def gateways(self) -> list[dict]:
+        return self._rows(
+            "SELECT g.gateway, g.online, g.status_time, g.first_seen, g.last_seen, "
+            "g.model_version, g.agent_version, "
+            "(SELECT count(*) FROM assets a WHERE a.gateway = g.gateway) AS assets "
+            "FROM gateways g ORDER BY g.gateway")
+
+    def assets(self, gateway: str | None = None) -> list[dict]:
+        if gateway is None:
+            return self._rows("SELECT * FROM assets ORDER BY gateway, asset")
+        return self._rows("SELECT * FROM assets WHERE gateway = ? ORDER BY asset", (gateway,))
+
+    def asset(self, gateway: str, asset: str) -> dict | None:
+        rows = self._rows("SELECT * FROM assets WHERE gateway = ? AND asset = ?",
+                          (gateway, asset))
+        return rows[0] if rows else None
+
+    def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
+              since: float | None, until: float | None, limit: int) -> list[dict]:
+        sql = ("SELECT seq, time, feature_set, vals, edge_probability, edge_rul, model_version, "
+               "received_at FROM ticks WHERE gateway = ? AND asset = ? AND seq > ?")
+        params: list[Any] = [gateway, asset, after_seq]
+        if to_seq is not None:
+            sql += " AND seq <= ?"
+            params.append(to_seq)
+        if since is not None:
+            sql += " AND time >= ?"
+            params.append(since)
+        if until is not None:
+            sql += " AND time < ?"
+            params.append(until)
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        out = []
+        for r in self._rows(sql, params):
+            names = self.feature_set(r.pop("feature_set"))
+            vals = np.frombuffer(r.pop("vals"), "<f4")
+            r["values"] = dict(zip(names, map(float, vals), strict=True))
+            out.append(r)
+        return out
+
+    def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
+                    limit: int) -> list[dict]:
+        sql = "SELECT * FROM predictions WHERE gateway = ? AND asset = ? AND seq > ?"
+        params: list[Any] = [gateway, asset, after_seq]
+        if to_seq is not None:
+            sql += " AND seq <= ?"
+            params.append(to_seq)
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        return self._rows(sql, params)
+
+    def alerts(self, gateway: str | None, asset: str | None, state: str | None,
+               since: float | None, after_id: int, limit: int) -> list[dict]:
+        sql, params = "SELECT * FROM alerts WHERE id > ?", [after_id]
+        for column, value in (("gateway", gateway), ("asset", asset), ("new_state", state)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if since is not None:
+            sql += " AND published_at >= ?"
+            params.append(since)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return self._rows(sql, params)
+
+    def dead_letters(self, reason: str | None, after_id: int, limit: int) -> list[dict]:
+        sql, params = "SELECT * FROM dead_letters WHERE id > ?", [after_id]
+        if reason is not None:
+            sql += " AND reason = ?"
+            params.append(reason)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return self._rows(sql, params)
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return {r["reason"]: r["n"] for r in self._rows(
+            "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason")}
+
+    def models(self) -> list[dict]:
+        return self._rows("SELECT * FROM models ORDER BY registered_at, version")
+
+    def model(self, version: str) -> dict | None:
+        rows = self._rows("SELECT * FROM models WHERE version = ?", (version,))
+        return rows[0] if rows else None
+
+    def register_model(self, record: dict) -> tuple[dict, bool]:
+        """Insert a model; (record, True) when new, (stored, False) when the same version with
+        the same content is already there. Other content under a known version: ModelConflict."""
+        with self._write() as conn:
+            row = conn.execute("SELECT sha256 FROM models WHERE version = ?",
+                               (record["version"],)).fetchone()
+            if row is not None:
+                if row[0] != record["sha256"]:
+                    raise ModelConflict(
+                        f"model version {record['version']} is already registered with other "
+                        "content; give the new bundle a new version")
+                created = False
+            else:
+                cols = ", ".join(record)
+                marks = ", ".join("?" for _ in record)
+                conn.execute(f"INSERT INTO models ({cols}) VALUES ({marks})",
+                             tuple(record.values()))
+                created = True
+        stored = self.model(record["version"])
+        assert stored is not None
+        return stored, created
+
+    # -- rollouts --------------------------------------------------------------------------
+
+    def create_rollout(self, rollout: dict, targets: list[dict]) -> None:
+        with self._write() as conn:
+            cols = ", ".join(rollout)
+            conn.execute(f"INSERT INTO rollouts ({cols}) VALUES "
+                         f"({', '.join('?' for _ in rollout)})", tuple(rollout.values()))
+            conn.executemany(
+                "INSERT INTO rollout_targets (rollout_id, gateway, from_version, step, "
+                "updated_at) VALUES (?, ?, ?, ?, ?)",
+                [(rollout["id"], t["gateway"], t["from_version"], t["step"],
+                  rollout["created_at"]) for t in targets])
+
+    def rollouts(self) -> list[dict]:
+        return self._rows("SELECT * FROM rollouts ORDER BY created_at, id")
+
+    def rollout(self, rollout_id: str) -> dict | None:
+        rows = self._rows("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
+        return rows[0] if rows else None
+
+    def rollout_targets(self, rollout_id: str) -> list[dict]:
+        return self._rows("SELECT * FROM rollout_targets WHERE rollout_id = ? ORDER BY gateway",
+                          (rollout_id,))
+
+    def update_rollout(self, rollout_id: str, state: str,
+                       steps: dict[str, tuple[str, str | None]]) -> None:
+        """Set the rollout's state and, per gateway, the step the cloud just took."""
+        now = time.time()
+        with self._write() as conn:
+            conn.execute("UPDATE rollouts SET state = ?, updated_at = ? WHERE id = ?",
+                         (state, now, rollout_id))
+            conn.executemany(
+                "UPDATE rollout_targets SET step = ?, reason = ?, updated_at = ? "
+                "WHERE rollout_id = ? AND gateway = ?",
+                [(step, reason, now, rollout_id, gw) for gw, (step, reason) in steps.items()])
+

@@ -1,0 +1,121 @@
+"""The two-head LSTM: failure probability within the horizon and remaining-life fraction.
+
+Training uses a model with two named outputs (one loss each); the model that ships is an
+inference model over the same layers whose single output is concat([probability,
+rul_fraction]) of shape (batch, 2), the layout the manifest's `outputs` field describes.
+The LSTMs are unrolled: a looped LSTM does not convert to TFLite with an unfixed batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from converter.data import Windows
+
+PROBABILITY, RUL_FRACTION = "probability", "rul_fraction"
+
+
+@dataclass
+class ModelConfig:
+    lstm1: int = 64
+    lstm2: int = 32
+    dropout: float = 0.2
+    rul_loss_weight: float = 10.0
+    learning_rate: float = 2e-3
+    batch_size: int = 256
+    epochs: int = 40
+    patience: int = 6
+    cell_penalty: float = 0.0
+    cell_margin: float = 2.0
+    hidden_noise: float = 0.0
+
+
+CELL_STATE = "cell_state"
+
+
+def build_training_model(window: int, n_features: int, cfg: ModelConfig) -> keras.Model:
+    inputs = keras.Input(shape=(window, n_features), name="window")
+    x, _, c1 = keras.layers.LSTM(cfg.lstm1, return_sequences=True, return_state=True,
+                                 unroll=True, name="lstm_1")(inputs)
+    if cfg.hidden_noise:
+        x = keras.layers.GaussianNoise(cfg.hidden_noise, name="noise_1")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout_1")(x)
+    x, _, c2 = keras.layers.LSTM(cfg.lstm2, return_state=True, unroll=True, name="lstm_2")(x)
+    if cfg.hidden_noise:
+        x = keras.layers.GaussianNoise(cfg.hidden_noise, name="noise_2")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout_2")(x)
+    probability = keras.layers.Dense(1, activation="sigmoid", name=PROBABILITY)(x)
+    rul = keras.layers.Dense(1, activation="sigmoid", name=RUL_FRACTION)(x)
+    cells = keras.layers.Concatenate(name=CELL_STATE)([c1, c2])
+    return keras.Model(inputs, {PROBABILITY: probability, RUL_FRACTION: rul, CELL_STATE: cells},
+                       name="pdm_lstm_train")
+
+
+def _cell_excess(margin: float):
+    """Loss on the final LSTM cell states beyond +-margin: keeps the int8 range of the cell
+    state (one scale per tensor) narrow, so small cell values keep their resolution."""
+
+    def cell_excess(_unused, cells):
+        return keras.ops.mean(keras.ops.square(keras.ops.relu(keras.ops.abs(cells) - margin)),
+                              axis=-1)
+
+    return cell_excess
+
+
+def inference_model(trained: keras.Model) -> keras.Model:
+    """The shipped model: the trained layers, one (batch, 2) output."""
+    outputs = [trained.get_layer(PROBABILITY).output, trained.get_layer(RUL_FRACTION).output]
+    joined = keras.layers.Concatenate(axis=-1, name="outputs")(outputs)
+    return keras.Model(trained.inputs, joined, name="pdm_lstm")
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model           # inference model, output (batch, 2)
+    history: dict[str, list[float]]
+    best_epoch: int
+    seconds: float
+
+
+def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: ModelConfig,
+          seed: int = 0, verbose: int = 2) -> TrainResult:
+    keras.utils.set_random_seed(seed)
+    window, n_features = train.x.shape[1:]
+    model = build_training_model(window, n_features, cfg)
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss={PROBABILITY: "binary_crossentropy", RUL_FRACTION: "mse",
+              CELL_STATE: _cell_excess(cfg.cell_margin)},
+        loss_weights={PROBABILITY: 1.0, RUL_FRACTION: cfg.rul_loss_weight,
+                      CELL_STATE: cfg.cell_penalty},
+    )
+
+    def targets(w: Windows) -> dict[str, np.ndarray]:
+        return {PROBABILITY: w.labels(horizon)[:, None],
+                RUL_FRACTION: w.rul_fraction(rul_cap)[:, None],
+                CELL_STATE: np.zeros((len(w), 1), np.float32)}
+
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                         restore_best_weights=True)
+    started = time.monotonic()
+    fit = model.fit(train.x, targets(train), validation_data=(val.x, targets(val)),
+                    epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
+                    callbacks=[stop], verbose=verbose)
+    seconds = time.monotonic() - started
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    best = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else len(
+        history.get("loss", []))
+    return TrainResult(inference_model(model), history, best, seconds)
+
+
+def predict(model: keras.Model, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """(n, 2) outputs of the float Keras model, in batches."""
+    if len(x) == 0:
+        return np.empty((0, 2), np.float32)
+    out = [np.asarray(model(x[i:i + batch_size], training=False))
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# End-to-end test of the container path with rootful podman, on a Debian machine without a
+# Docker engine or a reachable registry (PyPI and the Debian mirror must be reachable):
+#   1. podman, runc, containers.conf and the base images (podman-base.sh, cached);
+#   2. builds the cloud and edge images (deploy/docker/Dockerfile, Dockerfile.edge);
+#   3. image test: a Mosquitto container and the cloud container on the host network (on free
+#      ports), /healthz, /readyz and the image's HEALTHCHECK, then a real uplink batch (C-MAPSS
+#      rows, the default bundle's features) published through the broker and read back from the
+#      API with the cloud model's predictions;
+#   4. compose test: compose.yaml up with podman-compose (broker, cloud, one edge agent replaying
+#      C-MAPSS FD001), edge alerts seen on MQTT, the edge's ticks seen in the cloud API; down -v.
+# Everything it starts is removed on exit, whatever happens. Prints the time of each step and
+# the image sizes. Run as root:  deploy/docker/test-image.sh
+# Environment: PDM_PODMAN_CACHE (default /var/cache/pdm-podman), PDM_PYTHON (a Python with the
+# project's dependencies for the host-side checks; default .venv/bin/python),
+# PDM_TEST_SKIP_COMPOSE=1 (image test only), PDM_TEST_TIMEOUT (seconds per wait, default 180).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+py="${PDM_PYTHON:-$repo/.venv/bin/python}"
+wait_s="${PDM_TEST_TIMEOUT:-180}"
+[ "$(id -u)" = 0 ] || { echo "test-image.sh: run as root (rootful podman)" >&2; exit 2; }
+[ -x "$py" ] || { echo "test-image.sh: no Python at $py (set PDM_PYTHON)" >&2; exit 2; }
+
+run_id="pdmtest-$$"
+work="$(mktemp -d "/tmp/$run_id.XXXXXX")"
+containers=()          # started by the image test
+compose_up=""          # set once podman-compose up ran
+declare -a timings=()
+t_start=$EPOCHREALTIME
+
+log() { printf '\n==> %s\n' "$*"; }
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+step() {  # step "name" command...: runs it, records its time
+  local name=$1 t0=$EPOCHREALTIME; shift
+  log "$name"
+  "$@"
+  timings+=("$(printf '%-46s %7s s' "$name" "$(elapsed "$t0")")")
+}
+
+report() {
+  echo
+  echo "---- timings ($(if [ "${1:-0}" = 0 ]; then echo passed; else echo "FAILED, exit $1"; fi))"
+  local t
+  for t in "${timings[@]}"; do echo "  $t"; done
+  printf '  %-46s %7s s\n' "total" "$(elapsed "$t_start")"
+  if command -v podman >/dev/null; then
+    echo "---- images"
+    podman images --format '  {{printf "%-42s" (printf "%s:%s" .Repository .Tag)}} {{.Size}}' \
+      2>/dev/null | grep -E 'pdm-|python|mosquitto|localdebian' || true
+  fi
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ "$rc" != 0 ]; then
+    for c in "${containers[@]}"; do
+      echo "---- last log lines of $c"; podman logs --tail 40 "$c" 2>&1
+    done
+    if [ -n "$compose_up" ]; then
+      echo "---- last log lines of the compose stack"
+      compose logs --tail 30 2>&1 | tail -n 90
+    fi
+  fi
+  [ "${#containers[@]}" -gt 0 ] && podman rm -f -v -t 3 "${containers[@]}" >/dev/null 2>&1
+  [ -n "$compose_up" ] && compose down -v -t 5 >/dev/null 2>&1
+  rm -rf "$work"
+  report "$rc"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+wait_http() {  # wait_http url what: until it answers 200, at most $wait_s seconds
+  local url=$1 what=$2 t0=$EPOCHREALTIME
+  "$py" - "$url" "$wait_s" <<'PY' || { echo "timed out waiting for $what ($url)" >&2; return 1; }
+import sys, time, urllib.request
+url, limit = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + limit
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            if r.status == 200:
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.5)
+sys.exit(1)
+PY
+  echo "$what after $(elapsed "$t0") s"
+}
+
+# ---- 1. podman and the base images ----------------------------------------------------------
+prepare() {
+  # shellcheck source=podman-base.sh
+  . "$here/podman-base.sh"
+  # Builds run pip against PyPI: give RUN steps the host's CA bundle (this host reaches PyPI
+  # through a TLS-inspecting proxy whose CA only the host trusts) and a pip.conf naming it.
+  # Build-time volumes: nothing of either lands in the images.
+  build_opts=(--network host --format docker)
+  # shellcheck disable=SC2206  # a list of options
+  build_opts+=($PDM_PODMAN_ULIMITS)
+  if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$cache/pip.conf"
+    build_opts+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro
+                 -v "$cache/pip.conf:/etc/pip.conf:ro")
+  fi
+}
+
+build() {  # build Dockerfile tag
+  local file=$1 tag=$2 blog="$cache/last-build-${2%%:*}.log" before after
+  before=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+  if ! podman build "${build_opts[@]}" --ignorefile "$here/$file.dockerignore" \
+       -f "$here/$file" -t "$tag" "$repo" >"$blog" 2>&1; then
+    tail -n 60 "$blog" >&2
+    return 1
+  fi
+  echo "$(grep -c '^--> Using cache' "$blog") of $(grep -c 'STEP [0-9]*/' "$blog") build" \
+    "steps from the layer cache (log: $blog)"
+  after=$(podman image inspect --format '{{.Id}}' "$tag")
+  # Only the image this tag named before, if nothing else uses it. (Not `podman image prune`:
+  # it would delete the build stage's layers, the cache of the next build.)
+  if [ -n "$before" ] && [ "$before" != "$after" ]; then
+    podman rmi "$before" >/dev/null 2>&1 || true
+  fi
+}
+
+# ---- 3. the image test ----------------------------------------------------------------------
+image_start() {
+  mqtt_port=$(free_port); api_port=$(free_port)
+  token="$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')"
+  mkdir -p "$work/broker"
+  cat > "$work/broker/mosquitto.conf" <<CONF
+listener $mqtt_port 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+log_dest stdout
+CONF
+  containers+=("$run_id-broker")
+  podman run -d --name "$run_id-broker" --network host \
+    -v "$work/broker/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" \
+    eclipse-mosquitto:2 >/dev/null
+  containers+=("$run_id-cloud")
+  # Without systemd podman cannot run the HEALTHCHECK on a timer (it logs an error and goes
+  # on); image_ready runs it with `podman healthcheck run`.
+  podman run -d --name "$run_id-cloud" --network host \
+    -e PDM_CLOUD_API_TOKEN="$token" \
+    -e PDM_CLOUD_BROKER__HOST=127.0.0.1 -e PDM_CLOUD_BROKER__PORT="$mqtt_port" \
+    -e PDM_CLOUD_HTTP__HOST=127.0.0.1 -e PDM_CLOUD_HTTP__PORT="$api_port" \
+    -e PDM_CLOUD_CLIENT_ID="$run_id-cloud" \
+    pdm-cloud:latest 2> >(grep -v 'systemd connection' >&2) >/dev/null
+  echo "broker on 127.0.0.1:$mqtt_port, cloud API on 127.0.0.1:$api_port"
+}
+
+image_ready() {
+  wait_http "http://127.0.0.1:$api_port/healthz" "/healthz"
+  wait_http "http://127.0.0.1:$api_port/readyz" "/readyz"
+  podman healthcheck run "$run_id-cloud"
+  echo "HEALTHCHECK: $(podman inspect --format '{{.State.Health.Status}}' "$run_id-cloud")"
+  local uid
+  uid=$(podman exec "$run_id-cloud" id -u)
+  [ "$uid" != 0 ] || { echo "the cloud container runs as root" >&2; return 1; }
+  echo "runs as uid $uid"
+}
+
+image_uplink() {
+  PYTHONPATH="$repo" "$py" - "$repo" "$mqtt_port" "$api_port" "$token" <<'PY'
+"""Publish one uplink batch of real C-MAPSS rows through the broker, read it back."""
+import json, sys, time, uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from contract import codec, topics
+from contract.cmapss import COLUMNS, read_cmapss
+from contract.payloads import UplinkBatch
+
+repo, mqtt_port, api_port, token = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+manifest = json.loads((repo / "models/default/manifest.json").read_text())
+features, window = tuple(manifest["features"]), manifest["window"]
+rows = read_cmapss(repo / "data/cmapss/test_FD001.txt")
+units, counts = np.unique(rows[:, 0], return_counts=True)
+unit = rows[rows[:, 0] == units[np.argmax(counts)]]  # the longest engine run
+n = min(len(unit), 2 * window)
+values = unit[:n, [COLUMNS.index(f) for f in features]].astype(np.float32)
+prob = np.full(n, 0.1, np.float32)
+prob[: window - 1] = np.nan
+gw, asset = f"gw-{uuid.uuid4().hex[:8]}", "engine-1"
+batch = UplinkBatch(gateway=gw, asset=asset, first_seq=0,
+                    timestamps=time.time() - n + np.arange(n, dtype=np.float64),
+                    features=features, values=values, probability=prob,
+                    rul=np.where(np.isnan(prob), np.nan, 100.0), model_version="container-test")
+
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{gw}",
+                     protocol=mqtt.MQTTv5)
+client.connect("127.0.0.1", mqtt_port)
+client.loop_start()
+info = client.publish(topics.uplink(gw), codec.encode_uplink(batch), qos=1)
+info.wait_for_publish(10)
+assert info.is_published(), "the broker did not acknowledge the uplink batch"
+client.loop_stop()
+client.disconnect()
+print(f"published {n} ticks of {gw}/{asset} ({len(features)} features) to {topics.uplink(gw)}")
+
+http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}",
+                    headers={"Authorization": f"Bearer {token}"}, timeout=10)
+deadline = time.monotonic() + 60
+ticks = preds = []
+while time.monotonic() < deadline:
+    ticks = http.get(f"/api/v1/assets/{gw}/{asset}/ticks", params={"limit": 200}).json()
+    ticks = ticks.get("items", []) if isinstance(ticks, dict) else []
+    preds = http.get(f"/api/v1/assets/{gw}/{asset}/predictions",
+                     params={"limit": 200}).json()
+    preds = preds.get("items", []) if isinstance(preds, dict) else []
+    if len(ticks) == n and len(preds) == n - window + 1:
+        break
+    time.sleep(0.25)
+assert [t["seq"] for t in ticks] == list(range(n)), f"ticks read back: {len(ticks)} of {n}"
+assert set(ticks[0]["values"]) == set(features)
+assert abs(ticks[5]["values"][features[0]] - float(values[5, 0])) < 1e-3
+assert [p["seq"] for p in preds] == list(range(window - 1, n)), f"predictions: {len(preds)}"
+assert all(0 <= p["probability"] <= 1 for p in preds)
+print(f"read back {len(ticks)} ticks and {len(preds)} cloud predictions "
+      f"(model {preds[-1]['model_version']}, last p={preds[-1]['probability']:.3f}, "
+      f"rul={preds[-1]['rul']:.0f})")
+PY
+}
+
+image_stop() {
+  podman rm -f -v -t 10 "${containers[@]}" 2> >(grep -v 'systemd connection' >&2) >/dev/null
+  containers=()
+}
+
+# ---- 4. the compose test --------------------------------------------------------------------
+compose_tool() {
+  compose_bin=$(command -v podman-compose || true)
+  [ -n "$compose_bin" ] || [ ! -x "$repo/.venv/bin/podman-compose" ] \
+    || compose_bin="$repo/.venv/bin/podman-compose"
+  if [ -z "$compose_bin" ]; then
+    [ -x "$cache/tools/bin/podman-compose" ] || {
+      "$py" -m venv "$cache/tools"
+      "$cache/tools/bin/pip" install -q --disable-pip-version-check podman-compose
+    }
+    compose_bin="$cache/tools/bin/podman-compose"
+  fi
+  echo "$("$compose_bin" --version 2>/dev/null | tr '\n' ' ')"
+}
+compose() {
+  "$compose_bin" -f "$here/compose.yaml" -p "$run_id" "$@"
+}
+
+compose_start() {
+  export PDM_CLOUD_API_TOKEN PDM_MQTT_PORT PDM_API_PORT PDM_EDGE_METRICS_PORT
+  PDM_CLOUD_API_TOKEN="$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')"
+  PDM_MQTT_PORT=$(free_port); PDM_API_PORT=$(free_port); PDM_EDGE_METRICS_PORT=$(free_port)
+  compose_up=1
+  # The images are the ones just built (pdm-cloud:latest, pdm-edge:latest): no build here.
+  compose up -d >"$work/compose-up.log" 2>&1 || { cat "$work/compose-up.log" >&2; return 1; }
+  podman ps --filter "label=io.podman.compose.project=$run_id" \
+    --format '  {{.Names}}  {{.Image}}  {{.Status}}  {{.Ports}}'
+  echo "broker on :$PDM_MQTT_PORT, cloud API on :$PDM_API_PORT," \
+    "edge metrics on :$PDM_EDGE_METRICS_PORT"
+  wait_http "http://127.0.0.1:$PDM_API_PORT/readyz" "cloud /readyz"
+  wait_http "http://127.0.0.1:$PDM_EDGE_METRICS_PORT/metrics" "edge /metrics"
+}
+
+compose_check() {
+  PYTHONPATH="$repo" "$py" - "$PDM_MQTT_PORT" "$PDM_API_PORT" "$PDM_CLOUD_API_TOKEN" \
+    "$wait_s" <<'PY'
+"""Edge alerts on the broker (alert events or retained states), edge ticks in the cloud."""
+import json, sys, threading, time
+
+import httpx
+import paho.mqtt.client as mqtt
+
+mqtt_port, api_port, token, limit = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+seen: list[tuple[str, dict]] = []
+got = threading.Event()
+
+def on_message(client, userdata, msg):
+    try:
+        seen.append((msg.topic, json.loads(msg.payload)))
+    except ValueError:
+        return
+    got.set()
+
+def on_connect(client, userdata, flags, reason, props):
+    client.subscribe([("pdm/v1/+/+/alert", 1), ("pdm/v1/+/+/state", 1)])
+
+t0 = time.monotonic()
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pdm-compose-test",
+                     protocol=mqtt.MQTTv5)
+client.on_message, client.on_connect = on_message, on_connect
+client.connect("127.0.0.1", mqtt_port)
+client.loop_start()
+if not got.wait(limit):
+    sys.exit(f"no edge alert or state on MQTT within {limit:.0f} s")
+time.sleep(1)
+client.loop_stop()
+client.disconnect()
+topic, event = seen[0]
+print(f"{len(seen)} alert/state message(s) on MQTT after {time.monotonic() - t0:.1f} s; first: "
+      f"{topic} {event.get('old_state', '')}->{event.get('new_state', event.get('state', ''))} "
+      f"p={event.get('probability', float('nan')):.3f}")
+
+http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}",
+                    headers={"Authorization": f"Bearer {token}"}, timeout=10)
+deadline = time.monotonic() + limit
+assets = []
+while time.monotonic() < deadline:
+    assets = [a for a in http.get("/api/v1/assets").json() if a.get("ticks")]
+    if assets:
+        break
+    time.sleep(1)
+if not assets:
+    sys.exit(f"no edge ticks in the cloud API within {limit:.0f} s")
+a = max(assets, key=lambda a: a["ticks"])
+ticks = http.get(f"/api/v1/assets/{a['gateway']}/{a['asset']}/ticks",
+                 params={"limit": 5}).json()["items"]
+assert ticks and set(ticks[0]["values"]), "empty tick rows"
+print(f"cloud API: {len(assets)} asset(s) with ticks; {a['gateway']}/{a['asset']} has "
+      f"{a['ticks']} ticks, state {a.get('state')}")
+PY
+}
+
+compose_stop() {
+  compose down -v -t 10 >"$work/compose-down.log" 2>&1 || { cat "$work/compose-down.log" >&2; return 1; }
+  compose_up=""
+  local left
+  left=$(podman ps -a --filter "label=io.podman.compose.project=$run_id" -q | wc -l)
+  [ "$left" = 0 ] || { echo "$left container(s) left after down" >&2; return 1; }
+}
+
+step "podman + base images (podman-base.sh)" prepare
+step "build cloud image" build Dockerfile pdm-cloud:latest
+step "build edge image" build Dockerfile.edge pdm-edge:latest
+step "image test: start broker + cloud" image_start
+step "image test: /healthz, /readyz, HEALTHCHECK" image_ready
+step "image test: uplink batch through MQTT -> API" image_uplink
+step "image test: stop and remove" image_stop
+if [ "${PDM_TEST_SKIP_COMPOSE:-0}" != 1 ]; then
+  step "compose: podman-compose available" compose_tool
+  step "compose: up (broker, cloud, edge) until ready" compose_start
+  step "compose: edge alerts on MQTT, ticks in API" compose_check
+  step "compose: down -v" compose_stop
+fi

@@ -1,0 +1,332 @@
+"""The agent's imperative shell: wires sources, the pipeline, the outbox and the transports.
+
+Threads: each source emits into one queue; the main loop drains it, runs the pipeline, commits
+the ticks to the outbox in one transaction per drained batch, then publishes alerts on the local
+broker. A sender thread moves outbox ticks to the uplink and deletes them once acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from contract import codec, topics
+from contract.bundle import verify_bundle
+from contract.errors import ContractError
+from contract.manifest import Manifest
+from contract.payloads import AlertEvent, GatewayStatus, UplinkBatch
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, CmapssSource, CsvSource, MqttSource
+from edge_agent.escalation import VerdictLedger
+from edge_agent.metrics import AgentMetrics
+from edge_agent.outbox import Outbox, PendingBatch
+from edge_agent.pipeline import Pipeline, Processed
+from edge_agent.readings import Reading, Rejected
+from edge_agent.scorer import Scorer
+from edge_agent.sources import mqtt_input
+from edge_agent.sources.replay import CsvReplay, Replay, cmapss_streams
+from edge_agent.transport import Transport, make_transport
+from edge_agent.updater import BundleStore, Candidate, UpdateError, Updater
+
+log = logging.getLogger("edge_agent")
+ACK_TIMEOUT = 10.0
+
+
+def load_bundle(store: BundleStore, trusted_keys: list[Path]) -> tuple[Manifest, Path]:
+    """The active bundle (the last update, else the shipped one), verified."""
+    path = store.active()
+    try:
+        return verify_bundle(path, trusted_keys), path
+    except ContractError as exc:
+        if path == store.shipped:
+            raise
+        log.error("active bundle %s refused (%s); falling back to %s", path, exc, store.shipped)
+        return verify_bundle(store.shipped, trusted_keys), store.shipped
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.gateway = cfg.gateway_id
+        self.metrics = AgentMetrics()
+        state_dir = cfg.bundle.state_dir or Path(cfg.outbox.path).parent / "bundles"
+        self.store = BundleStore(state_dir, Path(cfg.bundle.path))
+        self.manifest, bundle_path = load_bundle(self.store, cfg.bundle.trusted_keys)
+        self.scorer = Scorer(bundle_path / self.manifest.edge.file, self.manifest)
+        esc = cfg.escalation
+        self.pipeline = Pipeline(self.gateway, self.manifest, self.scorer, cfg.thresholds,
+                                 esc.band if esc.enabled else None, esc.heads_disagree)
+        self.verdicts = VerdictLedger(esc.verdict_deadline)
+        self.metrics.model.labels(self.manifest.version).set(1)
+        self._swap_lock = threading.Lock()
+        self._pending: tuple[Candidate, threading.Event] | None = None
+        self.outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes, len(self.manifest.features),
+                             cfg.outbox.replay_window)
+        self.queue: queue.Queue[Reading] = queue.Queue(maxsize=1_000)
+        self.stopping = threading.Event()
+        self.urgent = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.replays: list[threading.Thread] = []
+
+        will = (topics.status(self.gateway), self._status(False))
+        self.local: Transport = make_transport(cfg.broker, self._client_id("local"), will)
+        same = cfg.uplink is None or cfg.uplink == cfg.broker
+        self.uplink: Transport = self.local if same else make_transport(
+            cfg.uplink_broker, self._client_id("uplink"), will)
+        self._build_sources()
+        token = cfg.bundle.download_token
+        self.updater = Updater(
+            self.gateway, self.store, cfg.bundle.trusted_keys,
+            token.get_secret_value() if token else None,
+            current=lambda: (self.manifest, self.scorer, self.manifest.version),
+            held_windows=self.pipeline.held_windows, swap=self.swap,
+            publish=lambda topic, payload: self.uplink.publish(topic, payload),
+            stop=self.stopping)
+        self.uplink.subscribe(topics.model(self.gateway), self.updater.on_message)
+        if esc.enabled:
+            self.uplink.subscribe(topics.subscription("cloud-alert", self.gateway),
+                                  self._on_cloud_alert)
+
+    def _client_id(self, role: str) -> str:
+        return self.cfg.broker.client_id or f"{self.gateway}-{role}"
+
+    def _status(self, online: bool) -> bytes:
+        return codec.encode_json(GatewayStatus(
+            gateway=self.gateway, online=online, time=time.time(),
+            model_version=self.manifest.version, agent_version=__version__))
+
+    # --- input ---------------------------------------------------------------------------
+    def emit(self, reading: Reading) -> None:
+        self.queue.put(reading)
+
+    def reject(self, reason: str, detail: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        log.warning("rejected reading: %s", detail)
+
+    def _build_sources(self) -> None:
+        for i, src in enumerate(self.cfg.sources):
+            if isinstance(src, CmapssSource):
+                streams = cmapss_streams(src.file, src.units, src.asset_prefix,
+                                         self.outbox.next_seq)
+                self.replays.append(Replay(f"cmapss-{i}", streams, src.rate, self.emit,
+                                           self.stopping))
+            elif isinstance(src, CsvSource):
+                self.replays.append(CsvReplay(src.file, src.asset_column, src.time_column,
+                                              src.rate, self.emit, self.reject, self.stopping))
+            elif isinstance(src, MqttSource):
+                self.local.subscribe(topics.subscription("raw", self.gateway),
+                                     mqtt_input.handler(self.emit, self.reject))
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.cfg.metrics_port is not None:
+            self.metrics.serve(self.cfg.metrics_port)
+        self.local.start()
+        if self.uplink is not self.local:
+            self.uplink.start()
+        sender = threading.Thread(target=self._send_loop, name="uplink", daemon=True)
+        sender.start()
+        self.updater.start()
+        self.threads += [sender, self.updater]
+        for r in self.replays:
+            r.start()
+        log.info("agent %s started: model %s (%s via %s), %d source(s)", self.gateway,
+                 self.manifest.version, self.manifest.edge.quantization, self.scorer.runtime,
+                 len(self.cfg.sources))
+
+    def replays_done(self) -> bool:
+        return all(not r.is_alive() for r in self.replays)
+
+    def drained(self) -> bool:
+        return self.replays_done() and self.queue.empty() and self.outbox.depth() == 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=5)
+        for tr in {id(self.local): self.local, id(self.uplink): self.uplink}.values():
+            if tr.connected.is_set():
+                tr.publish(topics.status(self.gateway), self._status(False), retain=True).wait(2)
+            tr.stop()
+        self.outbox.close()
+
+    # --- main loop -----------------------------------------------------------------------
+    def run(self, until=None) -> None:
+        """Process readings until stopped, or until `until()` returns True."""
+        while not self.stopping.is_set():
+            if until is not None and until():
+                return
+            try:
+                first = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                self._apply_swap()
+                continue
+            self._apply_swap()
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            self.handle(batch)
+
+    # --- model swap ----------------------------------------------------------------------
+    def swap(self, candidate: Candidate, timeout: float = 30.0) -> None:
+        """Called by the updater; the main loop applies it between two batches of ticks, so no
+        window is lost or scored twice."""
+        done = threading.Event()
+        with self._swap_lock:
+            self._pending = (candidate, done)
+        if not done.wait(timeout):
+            raise UpdateError("the scoring loop did not take the new model within "
+                              f"{timeout:.0f} s")
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        candidate, done = pending
+        old = self.manifest.version
+        self.manifest, self.scorer = candidate.manifest, candidate.scorer
+        self.pipeline.use_model(candidate.manifest, candidate.scorer, self.cfg.thresholds)
+        self.metrics.model.clear()
+        self.metrics.model.labels(candidate.manifest.version).set(1)
+        if self.uplink.connected.is_set():
+            self.uplink.publish(topics.status(self.gateway), self._status(True), retain=True)
+        log.info("model swapped: %s -> %s", old, candidate.manifest.version)
+        done.set()
+
+    def handle(self, readings: list[Reading]) -> None:
+        done: list[Processed] = []
+        for reading in readings:
+            try:
+                done.append(self.pipeline.process(reading))
+            except Rejected as exc:
+                self.reject(exc.reason, str(exc))
+        dropped = self.outbox.append([p.tick for p in done])  # assigns seqs, one transaction
+        if dropped:
+            self.metrics.dropped.inc(dropped)
+        self.metrics.ticks.inc(len(done))
+        for p in done:
+            if p.score is None:
+                continue
+            self.metrics.scored.inc()
+            self.metrics.inference.observe(p.inference_s)
+            if p.transition:
+                self._publish_alert(p)
+            if p.escalate:
+                self._escalate(p)
+
+    # --- escalation ----------------------------------------------------------------------
+    def _escalate(self, p: Processed) -> None:
+        """Send the window's ticks at once, ahead of the normal batch (which carries them
+        too: the cloud stores each tick once). Skipped while the uplink is down; the window
+        then goes up with the outbox like any other."""
+        ticks = p.window_ticks or []
+        if not ticks or not self.uplink.connected.is_set():
+            return
+        batch = UplinkBatch(
+            gateway=self.gateway, asset=p.tick.asset, first_seq=ticks[0].seq,
+            timestamps=[t.time for t in ticks], features=tuple(self.manifest.features),
+            values=[t.values for t in ticks], probability=[t.probability for t in ticks],
+            rul=[t.rul for t in ticks], model_version=p.tick.model_version, escalated=True)
+        self.uplink.publish(topics.escalate(self.gateway), codec.encode_uplink(batch))
+        assert p.score is not None
+        self.verdicts.sent(p.tick.asset, p.tick.seq,
+                           p.score.probability >= self.pipeline.thresholds.decision)
+        self.metrics.escalations.labels(p.escalate).inc()
+
+    def _on_cloud_alert(self, topic: str, payload: bytes) -> None:
+        try:
+            event = codec.decode_json(payload, AlertEvent)
+        except ContractError as exc:
+            log.warning("ignored a bad cloud alert on %s: %s", topic, exc)
+            return
+        if event.kind != "verdict":
+            return
+        outcome = self.verdicts.received(
+            event.asset, event.seq, event.probability >= self.pipeline.thresholds.decision)
+        if outcome is not None:
+            self.metrics.verdicts.labels(outcome.outcome).inc()
+            self.metrics.verdict_latency.observe(outcome.latency)
+            if outcome.outcome == "overruled":
+                log.info("cloud overruled the edge on %s seq %d: p=%.3f", event.asset,
+                         event.seq, event.probability)
+
+    def _publish_alert(self, p: Processed) -> None:
+        latency = time.perf_counter() - p.reading.arrived
+        event = self.pipeline.alert_event(p, latency * 1000)
+        self.local.publish(topics.alert(self.gateway, p.tick.asset), codec.encode_json(event))
+        self.local.publish(topics.state(self.gateway, p.tick.asset),
+                           codec.encode_json(self.pipeline.asset_state(p)), retain=True)
+        self.metrics.alerts.labels(event.new_state.value).inc()
+        self.metrics.alert_latency.observe(latency)
+        self.urgent.set()
+        log.info("alert %s %s -> %s p=%.3f rul=%.0f seq=%d latency=%.1fms", p.tick.asset,
+                 event.old_state.value, event.new_state.value, event.probability,
+                 event.rul or 0, event.seq, event.latency_ms)
+
+    # --- uplink --------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        ob = self.cfg.outbox
+        last_flush = 0.0
+        session = None  # the uplink connection the last pass ran on
+        while not self.stopping.is_set():
+            self.urgent.wait(timeout=max(0.05, ob.batch_max_age / 2))
+            self.metrics.reconnects.set(self.local.reconnects + (
+                self.uplink.reconnects if self.uplink is not self.local else 0))
+            if not self.uplink.connected.is_set():
+                continue
+            # Compare connection counts, not the connected flag: a broker restart can come and
+            # go while a send waits for its acknowledgements, and must still trigger the replay.
+            if session != self.uplink.reconnects:
+                session = self.uplink.reconnects
+                self.uplink.publish(topics.status(self.gateway), self._status(True), retain=True)
+                replayed = self.outbox.replay_recent()
+                if replayed:
+                    log.info("uplink (re)connected: sending the last %d acknowledged ticks "
+                             "again", replayed)
+            counts = self.outbox.pending_counts()
+            self.metrics.outbox_depth.set(sum(counts.values()))
+            due = self.urgent.is_set() or time.monotonic() - last_flush >= ob.batch_max_age
+            self.urgent.clear()
+            assets = [a for a, n in counts.items() if due or n >= ob.batch_max_ticks]
+            if not assets:
+                continue
+            last_flush = time.monotonic()
+            try:
+                self._send(assets)
+            except Exception:  # the uplink thread must outlive any one failed send
+                log.exception("uplink send failed; the ticks stay in the outbox")
+                time.sleep(1)
+
+    def _send(self, assets: list[str]) -> None:
+        """Send every pending tick of `assets`, a window of batches in flight at a time."""
+        after = {a: -1 for a in assets}
+        while assets and not self.stopping.is_set():
+            in_flight: list[tuple[PendingBatch, object]] = []
+            for asset in list(assets):
+                batch = self.outbox.take(asset, after[asset], self.cfg.outbox.batch_max_ticks)
+                if batch is None:
+                    assets.remove(asset)
+                    continue
+                after[asset] = batch.last_seq
+                payload = codec.encode_uplink(UplinkBatch(
+                    gateway=self.gateway, asset=asset, first_seq=batch.first_seq,
+                    timestamps=batch.times, features=tuple(self.manifest.features),
+                    values=batch.values, probability=batch.probability, rul=batch.rul,
+                    model_version=batch.model_version))
+                in_flight.append((batch, self.uplink.publish(topics.uplink(self.gateway),
+                                                             payload)))
+            for batch, handle in in_flight:
+                if not handle.wait(ACK_TIMEOUT):
+                    log.warning("uplink batch %s %d..%d not acknowledged; will resend",
+                                batch.asset, batch.first_seq, batch.last_seq)
+                    return
+                self.outbox.ack(batch.asset, batch.first_seq, batch.last_seq)
+                self.metrics.batches.inc()
+                self.metrics.uplinked.inc(len(batch.times))

@@ -1,0 +1,121 @@
+"""The agent's configuration: one YAML file, validated by pydantic, overridable from the
+environment (`PDM_AGENT_<FIELD>`, nested fields joined by `__`, e.g.
+`PDM_AGENT_BROKER__HOST=10.0.0.5`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from contract.manifest import Thresholds
+from contract.settings import ConfigError as ConfigError  # re-exported for callers
+from contract.settings import FileSettings, Section, TlsConfig, load_settings
+from contract.topics import check_id
+
+
+class BrokerConfig(Section):
+    transport: Literal["mqtt", "aws-iot"] = "mqtt"
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    tls: TlsConfig = TlsConfig()
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = Field(None, description="defaults to the gateway id plus a suffix")
+    keepalive: int = Field(30, ge=5, le=3600)
+
+
+class CmapssSource(Section):
+    type: Literal["cmapss"]
+    file: Path
+    units: list[int] | Literal["all"] = "all"
+    rate: float = Field(1.0, ge=0,
+                        description="ticks per second per asset; 0 = as fast as possible")
+    asset_prefix: str = "engine-"
+
+
+class CsvSource(Section):
+    type: Literal["csv"]
+    file: Path
+    asset_column: str = "asset"
+    time_column: str = "time"
+    rate: float = Field(0.0, ge=0)
+
+
+class MqttSource(Section):
+    type: Literal["mqtt"]
+
+
+Source = Annotated[CmapssSource | CsvSource | MqttSource, Field(discriminator="type")]
+
+
+class BundleConfig(Section):
+    path: Path = Path("models/default")
+    trusted_keys: list[Path] = Field(
+        default_factory=lambda: [Path("models/default_signing_key.pub")])
+    state_dir: Path | None = Field(
+        None, description="where downloaded bundles are kept; default: next to the outbox")
+    download_token: SecretStr | None = Field(None, description="bearer token for bundle URLs")
+    max_download_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+
+class OutboxConfig(Section):
+    path: Path = Path("var/outbox.db")
+    max_bytes: int = Field(200 * 1024 * 1024, ge=64 * 1024, description="disk budget")
+    batch_max_ticks: int = Field(200, ge=1, le=10_000)
+    batch_max_age: float = Field(1.0, ge=0, description="seconds a tick may wait for a batch")
+    replay_window: float = Field(
+        30.0, ge=0, description="seconds acknowledged ticks are kept and re-sent after a "
+                                "reconnect (a restarting broker can lose acknowledged messages)")
+
+
+class EscalationConfig(Section):
+    enabled: bool = Field(True, description="send windows the edge is unsure about to the cloud "
+                                            "at once, for the full model's verdict")
+    band: float = Field(0.1, ge=0, le=0.5, description="escalate when the probability is within "
+                                                       "this distance of the decision threshold")
+    heads_disagree: bool = Field(True, description="also escalate when the failure head and the "
+                                                   "RUL head disagree")
+    verdict_deadline: float = Field(
+        5.0, gt=0, description="seconds a verdict may take to count; later ones are counted late")
+
+
+class LogConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = False
+
+
+class AgentConfig(FileSettings):
+    model_config = SettingsConfigDict(env_prefix="PDM_AGENT_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    gateway_id: str = Field(description="this gateway's id in every topic")
+    broker: BrokerConfig = BrokerConfig()
+    uplink: BrokerConfig | None = Field(None, description="the cloud's broker; default: broker")
+    sources: list[Source] = Field(default_factory=list)
+    bundle: BundleConfig = BundleConfig()
+    thresholds: Thresholds | None = Field(None, description="default: the bundle's thresholds")
+    outbox: OutboxConfig = OutboxConfig()
+    escalation: EscalationConfig = EscalationConfig()
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    log: LogConfig = LogConfig()
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _gateway_id(cls, v: str) -> str:
+        try:
+            return check_id(v, "gateway_id")
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def uplink_broker(self) -> BrokerConfig:
+        return self.uplink or self.broker
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides) -> AgentConfig:
+    """Read, merge with the environment, and validate; errors name the key path and reason."""
+    return load_settings(AgentConfig, path, overrides)

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the agent (one registry per agent, so several can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.ticks = Counter("pdm_edge_ticks", "Readings accepted as ticks", registry=r)
+        self.rejected = Counter("pdm_edge_rejected_readings", "Readings refused, by reason",
+                                ["reason"], registry=r)
+        self.scored = Counter("pdm_edge_windows_scored", "Windows scored by the edge model",
+                              registry=r)
+        self.inference = Histogram(
+            "pdm_edge_inference_seconds", "Edge model time per window", registry=r,
+            buckets=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2))
+        self.alert_latency = Histogram(
+            "pdm_edge_alert_latency_seconds", "Tick arrival to alert publish", registry=r,
+            buckets=(1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 1.0))
+        self.alerts = Counter("pdm_edge_alerts", "Alert transitions, by new state", ["state"],
+                              registry=r)
+        self.outbox_depth = Gauge("pdm_edge_outbox_depth", "Ticks waiting in the outbox",
+                                  registry=r)
+        self.dropped = Counter("pdm_edge_outbox_dropped_ticks",
+                               "Ticks dropped to keep the outbox within its disk budget",
+                               registry=r)
+        self.batches = Counter("pdm_edge_uplink_batches", "Uplink batches acknowledged",
+                               registry=r)
+        self.uplinked = Counter("pdm_edge_uplink_ticks", "Ticks acknowledged by the uplink broker",
+                                registry=r)
+        self.reconnects = Gauge("pdm_edge_reconnects", "Reconnections to the brokers", registry=r)
+        self.escalations = Counter("pdm_edge_escalations", "Windows sent to the cloud for a "
+                                   "verdict, by reason", ["reason"], registry=r)
+        self.verdicts = Counter("pdm_edge_cloud_verdicts", "Cloud verdicts on escalated windows: "
+                                "agreed, overruled (other decision), late (after the deadline)",
+                                ["outcome"], registry=r)
+        self.verdict_latency = Histogram(
+            "pdm_edge_verdict_latency_seconds", "Escalation sent to cloud verdict received",
+            registry=r, buckets=(5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+        self.model = Gauge("pdm_edge_model_info", "Active model version", ["version"], registry=r)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, addr="0.0.0.0", registry=self.registry)

@@ -1,0 +1,124 @@
+"""The agent's functional core: reading -> checked tick -> window -> score -> alert decision.
+
+No sockets and no database here; the shell (`edge_agent.agent`) feeds readings in, commits the
+returned ticks to the outbox and publishes the returned alerts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from contract.alerting import AlertMachine, Transition
+from contract.manifest import Manifest, Thresholds
+from contract.payloads import AlertEvent, AlertState, AssetState
+from edge_agent.escalation import escalation_reason
+from edge_agent.outbox import OutboxTick
+from edge_agent.readings import Reading, ReadingChecker
+from edge_agent.scorer import Score, Scorer
+from edge_agent.windows import AssetWindow
+
+
+@dataclass
+class Processed:
+    reading: Reading
+    tick: OutboxTick
+    score: Score | None
+    transition: Transition | None
+    inference_s: float = 0.0
+    escalate: str | None = None  # why the window goes to the cloud at once
+    window_ticks: list[OutboxTick] | None = None  # the window's ticks, when escalated
+
+
+@dataclass
+class AssetStatus:
+    machine: AlertMachine
+    window: AssetWindow
+    recent: deque[OutboxTick]  # the raw ticks of the window, for escalation
+    since: float = field(default_factory=time.time)
+
+
+class Pipeline:
+    def __init__(self, gateway: str, manifest: Manifest, scorer: Scorer,
+                 thresholds: Thresholds | None = None, escalation_band: float | None = None,
+                 escalate_heads: bool = True) -> None:
+        """escalation_band None: never escalate."""
+        self.gateway = gateway
+        self.escalation_band = escalation_band
+        self.escalate_heads = escalate_heads
+        self.manifest = manifest
+        self.scorer = scorer
+        self.thresholds = thresholds or manifest.thresholds
+        self.model_version = manifest.version
+        self.checker = ReadingChecker(manifest.features)
+        self.assets: dict[str, AssetStatus] = {}
+
+    def use_model(self, manifest: Manifest, scorer: Scorer,
+                  thresholds: Thresholds | None = None) -> None:
+        """Switch to another model with the same features and window; windows and alert states
+        carry over, so the next tick is scored by the new model and no window twice."""
+        if (manifest.features, manifest.window) != (self.manifest.features, self.manifest.window):
+            raise ValueError("a swapped-in model must use the same features and window")
+        self.manifest, self.scorer = manifest, scorer
+        self.model_version = manifest.version
+        self.thresholds = thresholds or manifest.thresholds
+        for status in self.assets.values():
+            status.machine.thresholds = self.thresholds
+
+    def held_windows(self, limit: int = 200) -> list[np.ndarray]:
+        """Copies of the full windows held now (for a new model's self-test)."""
+        full = [s.window.view().copy() for s in self.assets.values() if s.window.full]
+        return full[:limit]
+
+    def process(self, reading: Reading) -> Processed:
+        """Check, window and score one reading. Raises `Rejected` for a bad reading."""
+        row = self.checker.check(reading)
+        status = self.assets.get(reading.asset)
+        if status is None:
+            status = self.assets[reading.asset] = AssetStatus(
+                AlertMachine(self.thresholds), AssetWindow(self.manifest),
+                deque(maxlen=self.manifest.window))
+        status.window.push(row)
+        tick = OutboxTick(reading.asset, float(reading.time), row,
+                          model_version=self.model_version)
+        status.recent.append(tick)
+        if not status.window.full:
+            return Processed(reading, tick, None, None)
+        t0 = time.perf_counter()
+        score = self.scorer.score(status.window.view())
+        elapsed = time.perf_counter() - t0
+        tick.probability, tick.rul = score.probability, score.rul
+        transition = status.machine.update(score.probability, score.rul)
+        if transition:
+            status.since = time.time()
+        done = Processed(reading, tick, score, transition, elapsed)
+        if self.escalation_band is not None:
+            done.escalate = escalation_reason(score.probability, score.rul, self.manifest,
+                                              self.escalation_band, self.escalate_heads)
+            if done.escalate:
+                done.window_ticks = list(status.recent)
+        return done
+
+    def alert_event(self, p: Processed, latency_ms: float) -> AlertEvent:
+        assert p.transition and p.score
+        return AlertEvent(
+            source="edge", gateway=self.gateway, asset=p.tick.asset,
+            old_state=p.transition.old, new_state=p.transition.new,
+            probability=p.score.probability, rul=p.score.rul,
+            thresholds=self.thresholds.model_dump(exclude_none=True, exclude={"dwell"}),
+            model_version=self.model_version, seq=p.tick.seq, tick_time=p.tick.time,
+            published_at=time.time(), latency_ms=latency_ms)
+
+    def asset_state(self, p: Processed) -> AssetState:
+        assert p.score
+        status = self.assets[p.tick.asset]
+        return AssetState(
+            gateway=self.gateway, asset=p.tick.asset, state=status.machine.state,
+            probability=p.score.probability, rul=p.score.rul, model_version=self.model_version,
+            seq=p.tick.seq, tick_time=p.tick.time, since=status.since)
+
+    def states(self) -> dict[str, AlertState]:
+        return {a: s.machine.state for a, s in self.assets.items()}

@@ -1,0 +1,275 @@
+"""Converter: loaders and their refusals, split, windows, tiny train -> bundle -> verify."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from contract.bundle import generate_keypair, verify_bundle
+from contract.errors import ContractError
+from contract.manifest import Normalisation
+from converter.data import (
+    DataError,
+    Fleet,
+    all_windows,
+    choose_features,
+    last_windows,
+    load_cmapss,
+    load_csv,
+    load_rul_truth,
+    prepare_cmapss,
+    split_assets,
+)
+from tests.conftest import DATA_DIR
+from tests.support.bundles import flip_byte, variant
+
+runner = CliRunner()
+
+
+def cmapss_line(unit: int, cycle: int, value: float = 1.0) -> str:
+    return " ".join([str(unit), str(cycle)] + [f"{value + i:.4f}" for i in range(24)]) + " \n"
+
+
+# --------------------------------------------------------------------------- loaders
+
+def test_cmapss_loader_reads_trailing_spaces_and_keeps_units_apart(tmp_path):
+    f = tmp_path / "train_X.txt"
+    f.write_text("".join(cmapss_line(u, c, u * 10 + c) for u in (1, 2) for c in (1, 2, 3)))
+    fleet = load_cmapss(f)
+    assert fleet.assets == ["1", "2"]
+    assert fleet.columns[0] == "sensor_1" and len(fleet.columns) == 21
+    assert fleet.series["2"].shape == (3, 21)
+    assert fleet.series["2"][0, 0] == pytest.approx(21 + 3)  # first sensor is column 5
+    assert list(fleet.rul("1")) == [2, 1, 0]
+
+
+@pytest.mark.parametrize("text, reason", [
+    (cmapss_line(1, 1) + "1 2 3\n", ":2: expected 26 columns, found 3"),
+    (cmapss_line(1, 1) + cmapss_line(1, 2).replace("1.0000", "abc", 1), ":2: not a number"),
+    (cmapss_line(1, 5) + cmapss_line(1, 4), ":2: unit 1 time goes backwards"),
+    (cmapss_line(1, 1) + cmapss_line(1, 2).replace("1.0000", "nan", 1), ":2: NaN"),
+    ("\n\n", "no data rows"),
+])
+def test_cmapss_loader_refuses_bad_files_with_line_and_reason(tmp_path, text, reason):
+    f = tmp_path / "bad.txt"
+    f.write_text(text)
+    with pytest.raises(DataError) as err:
+        load_cmapss(f)
+    assert str(f) in str(err.value) and reason in str(err.value)
+
+
+def test_rul_truth_must_match_the_units(tmp_path):
+    f = tmp_path / "test.txt"
+    f.write_text("".join(cmapss_line(u, c) for u in (1, 2) for c in (1, 2)))
+    truth = tmp_path / "RUL.txt"
+    truth.write_text("10\n")
+    with pytest.raises(DataError, match="1 remaining-life values for 2 units"):
+        load_rul_truth(truth, load_cmapss(f))
+    truth.write_text("10\n-3\n")
+    with pytest.raises(DataError, match=r":2: remaining life must be a number >= 0"):
+        load_rul_truth(truth, load_cmapss(f))
+    truth.write_text("10\n20\n")
+    assert list(load_rul_truth(truth, load_cmapss(f)).rul("2")) == [21, 20]
+
+
+def test_csv_loader_reads_interleaved_assets(tmp_path):
+    f = tmp_path / "fleet.csv"
+    f.write_text("asset,time,temp,vib\npump-1,1,20.5,0.1\npump-2,1,19,0.2\npump-1,2,21,0.3\n")
+    fleet = load_csv(f, "asset", "time")
+    assert fleet.columns == ["temp", "vib"]
+    assert fleet.series["pump-1"].tolist() == [[20.5, 0.1], [21.0, 0.3]]
+    assert list(fleet.times["pump-2"]) == [1.0]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty file"),
+    ("machine,time,x\n", "no column 'asset'"),
+    ("asset,time,x\na,1,2,3\n", ":2: expected 3 columns, found 4"),
+    ("asset,time,x\na,1,oops\n", ":2: column 'x' is not a number: 'oops'"),
+    ("asset,time,x\na,1,inf\n", ":2: column 'x' is NaN or infinite"),
+    ("asset,time,x\na,2,1\nb,1,1\na,2,1\n", ":4: asset a time goes backwards"),
+    ("asset,time,x\n,1,1\n", ":2: empty asset id"),
+    ("asset,time,x\n", "no data rows"),
+])
+def test_csv_loader_refuses_bad_files_with_line_and_reason(tmp_path, text, reason):
+    f = tmp_path / "bad.csv"
+    f.write_text(text)
+    with pytest.raises(DataError) as err:
+        load_csv(f, "asset", "time")
+    assert reason in str(err.value)
+
+
+# --------------------------------------------------------------------------- split, windows
+
+def test_split_is_by_asset_seeded_and_leaves_no_asset_on_both_sides():
+    assets = [str(i) for i in range(1, 101)]
+    kept, held = split_assets(assets, 0.2, seed=3)
+    assert len(held) == 20 and not set(kept) & set(held) and set(kept) | set(held) == set(assets)
+    assert split_assets(assets, 0.2, seed=3) == (kept, held)
+    assert split_assets(assets, 0.2, seed=4) != (kept, held)
+
+
+def test_prepared_cmapss_has_no_unit_in_two_splits_and_statistics_from_train_only(
+        train_data_dir):
+    p = prepare_cmapss(train_data_dir, "FD001", window=30, max_units=20)
+    assert not set(p.train_assets) & set(p.val_assets)
+    assert set(np.unique(p.train.asset)) == set(p.train_assets)
+    assert set(np.unique(p.val.asset)) == set(p.val_assets)
+    # min-max from the training units: their normalised values span exactly [0, 1]
+    flat = p.train.x.reshape(-1, p.train.x.shape[-1])
+    assert np.allclose(flat.min(axis=0), 0, atol=1e-3) and np.allclose(flat.max(axis=0), 1,
+                                                                        atol=1e-3)
+    assert p.features == ["sensor_2", "sensor_3", "sensor_4", "sensor_7", "sensor_8",
+                          "sensor_9", "sensor_11", "sensor_12", "sensor_13", "sensor_14",
+                          "sensor_15", "sensor_17", "sensor_20", "sensor_21"]
+
+
+def test_constant_and_two_level_features_are_dropped():
+    rng = np.random.default_rng(0)
+    rows = np.column_stack([np.full(50, 3.0), rng.integers(0, 2, 50), rng.normal(size=50)])
+    fleet = Fleet(["const", "toggle", "signal"], {"a": rows}, {"a": np.arange(50.0)})
+    assert choose_features(fleet) == ["signal"]
+
+
+def test_windows_and_labels_have_the_expected_shapes_and_padding():
+    norm = Normalisation(method="minmax", offset=[0.0, 0.0], scale=[1.0, 1.0])
+    long = np.arange(20, dtype=float).reshape(10, 2)
+    short = np.arange(6, dtype=float).reshape(3, 2)
+    fleet = Fleet(["a", "b"], {"u1": long, "u2": short},
+                  {"u1": np.arange(1.0, 11), "u2": np.arange(1.0, 4)}, {"u2": 40.0})
+    w = all_windows(fleet, norm, window=4)
+    assert w.x.shape == (7 + 1, 4, 2)
+    assert list(w.rul[:7]) == [6, 5, 4, 3, 2, 1, 0]
+    assert w.rul[7] == 40 and w.x[7, 0].tolist() == w.x[7, 1].tolist() == [0.0, 1.0]
+    assert list(w.labels(3)) == [0, 0, 0, 1, 1, 1, 1, 0]
+    assert w.rul_fraction(5).max() == 1.0
+    last = last_windows(fleet, norm, window=4)
+    assert last.x.shape == (2, 4, 2) and list(last.rul) == [0.0, 40.0]
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    generate_keypair(d / "signing.pem", d / "signing.pub")
+    return d / "signing.pem", d / "signing.pub"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, keys):
+    """A bundle from 8 units, one epoch, small LSTMs, int8 edge model: built through the CLI."""
+    if not (DATA_DIR / "train_FD001.txt").exists():
+        pytest.skip(f"C-MAPSS data not found in {DATA_DIR}")
+    from converter.cli import app
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    result = runner.invoke(app, ["train", "--data", str(DATA_DIR), "--out", str(out),
+                                 "--max-units", "8", "--epochs", "1", "--window", "20",
+                                 "--lstm1", "8", "--lstm2", "4", "--quantize", "int8",
+                                 "--calibration-windows", "100", "--version", "tiny-1",
+                                 "--sign-key", str(keys[0])])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_train_writes_a_signed_int8_bundle_that_litert_runs(tiny_bundle, keys):
+    manifest = verify_bundle(tiny_bundle, [keys[1]])
+    assert manifest.edge.quantization == "int8" and manifest.edge.file == "model_int8.tflite"
+    assert manifest.window == 20 and len(manifest.features) == 14
+    assert set(manifest.metrics) >= {"keras", "float32", "int8", "training"}
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tiny_bundle / "model_int8.tflite"))
+    interp.allocate_tensors()
+    detail = interp.get_input_details()[0]
+    assert detail["dtype"] == np.int8
+    assert interp.get_output_details()[0]["dtype"] == np.int8
+    interp.set_tensor(detail["index"], np.zeros(detail["shape"], np.int8))
+    interp.invoke()
+    assert interp.get_tensor(interp.get_output_details()[0]["index"]).shape == (1, 2)
+
+
+@pytest.mark.slow
+def test_verify_passes_on_the_bundle_and_report_writes_plots(tiny_bundle, keys, tmp_path):
+    from converter.cli import app
+
+    result = runner.invoke(app, ["verify", str(tiny_bundle), "--trusted-key", str(keys[1]),
+                                 "--data", str(DATA_DIR)])
+    assert result.exit_code == 0, result.output
+    assert "parity gate: passed" in result.output and "signature verified" in result.output
+    result = runner.invoke(app, ["report", str(tiny_bundle), "--out", str(tmp_path / "r"),
+                                 "--data", str(DATA_DIR)])
+    assert result.exit_code == 0, result.output
+    for name in ("training_curves.png", "confusion.png", "rul_per_unit.png",
+                 "probability_over_life.png"):
+        assert (tmp_path / "r" / name).read_bytes()[:4] == b"\x89PNG"
+    assert "| float Keras |" in (tmp_path / "r" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_corrupted_edge_model_is_refused(tiny_bundle, keys, tmp_path):
+    from converter.cli import app
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    flip_byte(broken / "model_int8.tflite", 500)
+    with pytest.raises(ContractError, match="model_int8.tflite has SHA-256"):
+        verify_bundle(broken, [keys[1]])
+    result = runner.invoke(app, ["verify", str(broken), "--trusted-key", str(keys[1]),
+                                 "--data", str(DATA_DIR)])
+    assert result.exit_code == 2 and "changed after signing" in result.output
+
+
+@pytest.mark.slow
+def test_an_edge_model_that_disagrees_fails_the_gate(tiny_bundle, keys, tmp_path):
+    """A signed, well-formed bundle whose edge model says "fails now" for every window."""
+    import keras
+
+    from converter.cli import app
+    from converter.quantize import convert_float
+
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    inp = keras.Input((manifest["window"], len(manifest["features"])))
+    out = keras.layers.Dense(2, activation="sigmoid", kernel_initializer="zeros",
+                             bias_initializer=keras.initializers.Constant([6.0, -6.0]))(
+        keras.layers.Flatten()(inp))
+    always_failing = convert_float(keras.Model(inp, out))
+
+    def swap(folder, doc):
+        (folder / "model_int8.tflite").write_bytes(always_failing)
+
+    bad = variant(tiny_bundle, tmp_path / "bad", "tiny-bad", keys[0], swap)
+    verify_bundle(bad, [keys[1]])  # signature and hashes are fine
+    result = runner.invoke(app, ["verify", str(bad), "--trusted-key", str(keys[1]),
+                                 "--data", str(DATA_DIR)])
+    assert result.exit_code == 1, result.output
+    assert "parity gate:" in result.output and "RUL RMSE rises" in result.output
+
+
+def test_train_refuses_missing_data_and_unknown_mode(tmp_path):
+    from converter.cli import app
+
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "train_FD001.txt" in result.output
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "b"), "--quantize", "int4"])
+    assert result.exit_code == 2 and "--quantize 'int4'" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_keygen_refuses_to_overwrite_and_sign_refuses_a_changed_file(tmp_path, keys):
+    from converter.cli import app
+
+    result = runner.invoke(app, ["keygen", str(keys[0]), str(tmp_path / "x.pub")])
+    assert result.exit_code == 2 and "refusing to overwrite" in result.output
+    folder = tmp_path / "b"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    result = runner.invoke(app, ["sign", str(folder), "--key", str(keys[0])])
+    assert result.exit_code == 2 and "manifest" in result.output
+
