@@ -52,11 +52,13 @@ class AlertEvent(_Json):
 
     `kind` "verdict": the cloud's answer to a window the edge escalated (`seq` is the window's
     last tick); `probability` and `rul` are the full model's, and the states are the cloud's
-    current state for the asset (equal when the verdict moved nothing)."""
+    current state for the asset (equal when the verdict moved nothing). `basis`, on edge alerts:
+    whose scores decided the transition ("cloud" when the edge adopted the cloud's verdict)."""
 
     schema_version: Literal[1] = 1
     kind: Literal["transition", "verdict"] = "transition"
     source: Literal["edge", "cloud"]
+    basis: Literal["edge", "cloud"] | None = None
     gateway: Id
     asset: Id
     old_state: AlertState

@@ -58,10 +58,16 @@ class Agent:
         self.scorer = Scorer(bundle_path / self.manifest.edge.file, self.manifest)
         esc = cfg.escalation
         self.pipeline = Pipeline(self.gateway, self.manifest, self.scorer, cfg.thresholds,
-                                 esc.band if esc.enabled else None, esc.heads_disagree)
+                                 esc.band if esc.enabled else None, esc.heads_disagree,
+                                 esc.verdict_deadline if esc.adopt_cloud_verdict else None)
         self.verdicts = VerdictLedger(esc.verdict_deadline)
+        # Verdicts arrive on the MQTT thread; the scoring loop applies them, in order.
+        self.verdict_inbox: queue.SimpleQueue[AlertEvent] = queue.SimpleQueue()
         self.metrics.model.labels(self.manifest.version).set(1)
         self._swap_lock = threading.Lock()
+        # Held while ticks enter the outbox and their escalations are published, and while the
+        # sender takes and publishes a batch: an escalated window always goes out first.
+        self._uplink_order = threading.Lock()
         self._pending: tuple[Candidate, threading.Event] | None = None
         self.outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes, len(self.manifest.features),
                              cfg.outbox.replay_window)
@@ -141,10 +147,12 @@ class Agent:
         return all(not r.is_alive() for r in self.replays)
 
     def drained(self) -> bool:
-        return self.replays_done() and self.queue.empty() and self.outbox.depth() == 0
+        return (self.replays_done() and self.queue.empty() and not self.pipeline.holding()
+                and self.outbox.depth() == 0)
 
     def stop(self) -> None:
         self.stopping.set()
+        self._publish_alerts(self.pipeline.flush())  # windows still waiting for a verdict
         for t in self.threads:
             t.join(timeout=5)
         for tr in {id(self.local): self.local, id(self.uplink): self.uplink}.values():
@@ -160,9 +168,10 @@ class Agent:
             if until is not None and until():
                 return
             try:
-                first = self.queue.get(timeout=0.2)
+                first = self.queue.get(timeout=0.02 if self.pipeline.holding() else 0.2)
             except queue.Empty:
                 self._apply_swap()
+                self._settle()
                 continue
             self._apply_swap()
             batch = [first]
@@ -172,6 +181,7 @@ class Agent:
                 except queue.Empty:
                     break
             self.handle(batch)
+            self._settle()
 
     # --- model swap ----------------------------------------------------------------------
     def swap(self, candidate: Candidate, timeout: float = 30.0) -> None:
@@ -207,7 +217,11 @@ class Agent:
                 done.append(self.pipeline.process(reading))
             except Rejected as exc:
                 self.reject(exc.reason, str(exc))
-        dropped = self.outbox.append([p.tick for p in done])  # assigns seqs, one transaction
+        with self._uplink_order:
+            dropped = self.outbox.append([p.tick for p in done])  # assigns seqs, one transaction
+            for p in done:
+                if p.escalate:
+                    self._escalate(p)
         if dropped:
             self.metrics.dropped.inc(dropped)
         self.metrics.ticks.inc(len(done))
@@ -216,10 +230,27 @@ class Agent:
                 continue
             self.metrics.scored.inc()
             self.metrics.inference.observe(p.inference_s)
+            self._publish_alerts(self.pipeline.decide(p))
+
+    def _settle(self) -> None:
+        """Decide the windows held for a verdict: those answered, then those overdue."""
+        if not self.pipeline.holding():
+            return
+        while True:
+            try:
+                event = self.verdict_inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._publish_alerts(self.pipeline.verdict(event.asset, event.seq,
+                                                       event.probability, event.rul))
+        self._publish_alerts(self.pipeline.expire())
+
+    def _publish_alerts(self, decided: list[Processed]) -> None:
+        for p in decided:
+            if p.escalate and self.pipeline.gate is not None:
+                self.metrics.adopted.labels(p.basis).inc()
             if p.transition:
                 self._publish_alert(p)
-            if p.escalate:
-                self._escalate(p)
 
     # --- escalation ----------------------------------------------------------------------
     def _escalate(self, p: Processed) -> None:
@@ -228,6 +259,7 @@ class Agent:
         then goes up with the outbox like any other."""
         ticks = p.window_ticks or []
         if not ticks or not self.uplink.connected.is_set():
+            p.escalate = None  # not sent: no verdict to wait for
             return
         batch = UplinkBatch(
             gateway=self.gateway, asset=p.tick.asset, first_seq=ticks[0].seq,
@@ -250,6 +282,8 @@ class Agent:
             return
         outcome = self.verdicts.received(
             event.asset, event.seq, event.probability >= self.pipeline.thresholds.decision)
+        if self.pipeline.gate is not None and outcome is not None:
+            self.verdict_inbox.put(event)
         if outcome is not None:
             self.metrics.verdicts.labels(outcome.outcome).inc()
             self.metrics.verdict_latency.observe(outcome.latency)
@@ -266,9 +300,10 @@ class Agent:
         self.metrics.alerts.labels(event.new_state.value).inc()
         self.metrics.alert_latency.observe(latency)
         self.urgent.set()
-        log.info("alert %s %s -> %s p=%.3f rul=%.0f seq=%d latency=%.1fms", p.tick.asset,
+        log.info("alert %s %s -> %s p=%.3f rul=%.0f seq=%d latency=%.1fms%s", p.tick.asset,
                  event.old_state.value, event.new_state.value, event.probability,
-                 event.rul or 0, event.seq, event.latency_ms)
+                 event.rul or 0, event.seq, event.latency_ms,
+                 " (on the cloud's verdict)" if p.basis == "cloud" else "")
 
     # --- uplink --------------------------------------------------------------------------
     def _send_loop(self) -> None:
@@ -310,18 +345,20 @@ class Agent:
         while assets and not self.stopping.is_set():
             in_flight: list[tuple[PendingBatch, object]] = []
             for asset in list(assets):
-                batch = self.outbox.take(asset, after[asset], self.cfg.outbox.batch_max_ticks)
-                if batch is None:
-                    assets.remove(asset)
-                    continue
-                after[asset] = batch.last_seq
-                payload = codec.encode_uplink(UplinkBatch(
-                    gateway=self.gateway, asset=asset, first_seq=batch.first_seq,
-                    timestamps=batch.times, features=tuple(self.manifest.features),
-                    values=batch.values, probability=batch.probability, rul=batch.rul,
-                    model_version=batch.model_version))
-                in_flight.append((batch, self.uplink.publish(topics.uplink(self.gateway),
-                                                             payload)))
+                with self._uplink_order:
+                    batch = self.outbox.take(asset, after[asset],
+                                             self.cfg.outbox.batch_max_ticks)
+                    if batch is None:
+                        assets.remove(asset)
+                        continue
+                    after[asset] = batch.last_seq
+                    payload = codec.encode_uplink(UplinkBatch(
+                        gateway=self.gateway, asset=asset, first_seq=batch.first_seq,
+                        timestamps=batch.times, features=tuple(self.manifest.features),
+                        values=batch.values, probability=batch.probability, rul=batch.rul,
+                        model_version=batch.model_version))
+                    in_flight.append((batch, self.uplink.publish(topics.uplink(self.gateway),
+                                                                 payload)))
             for batch, handle in in_flight:
                 if not handle.wait(ACK_TIMEOUT):
                     log.warning("uplink batch %s %d..%d not acknowledged; will resend",

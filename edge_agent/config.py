@@ -81,6 +81,10 @@ class EscalationConfig(Section):
                                                    "RUL head disagree")
     verdict_deadline: float = Field(
         5.0, gt=0, description="seconds a verdict may take to count; later ones are counted late")
+    adopt_cloud_verdict: bool = Field(
+        False, description="decide alerts on escalated windows with the cloud's verdict when it "
+                           "comes within verdict_deadline (later windows of the asset wait for "
+                           "it); on the edge's own score when it does not")
 
 
 class LogConfig(Section):

@@ -39,6 +39,10 @@ class AgentMetrics:
         self.verdict_latency = Histogram(
             "pdm_edge_verdict_latency_seconds", "Escalation sent to cloud verdict received",
             registry=r, buckets=(5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+        self.adopted = Counter(
+            "pdm_edge_escalated_decisions", "Escalated windows decided with adopt_cloud_verdict "
+            "on, by basis: cloud (verdict in time) or edge (deadline passed)", ["basis"],
+            registry=r)
         self.model = Gauge("pdm_edge_model_info", "Active model version", ["version"], registry=r)
 
     def serve(self, port: int) -> None:

@@ -19,6 +19,7 @@ from edge_agent.escalation import escalation_reason
 from edge_agent.outbox import OutboxTick
 from edge_agent.readings import Reading, ReadingChecker
 from edge_agent.scorer import Score, Scorer
+from edge_agent.verdict_gate import CloudScore, Released, VerdictGate
 from edge_agent.windows import AssetWindow
 
 
@@ -27,10 +28,12 @@ class Processed:
     reading: Reading
     tick: OutboxTick
     score: Score | None
-    transition: Transition | None
+    transition: Transition | None = None
     inference_s: float = 0.0
     escalate: str | None = None  # why the window goes to the cloud at once
     window_ticks: list[OutboxTick] | None = None  # the window's ticks, when escalated
+    judged: Score | None = None  # the score the alert machine decided on
+    basis: str = "edge"  # whose score that was: "edge", or "cloud" when its verdict was adopted
 
 
 @dataclass
@@ -44,9 +47,13 @@ class AssetStatus:
 class Pipeline:
     def __init__(self, gateway: str, manifest: Manifest, scorer: Scorer,
                  thresholds: Thresholds | None = None, escalation_band: float | None = None,
-                 escalate_heads: bool = True) -> None:
-        """escalation_band None: never escalate."""
+                 escalate_heads: bool = True, adopt_deadline: float | None = None) -> None:
+        """escalation_band None: never escalate. adopt_deadline: decide escalated windows on
+        the cloud's verdict when it comes within this many seconds (None: on the edge's own)."""
         self.gateway = gateway
+        self.gate: VerdictGate[Processed] | None = (
+            VerdictGate(adopt_deadline) if adopt_deadline is not None and escalation_band
+            is not None else None)
         self.escalation_band = escalation_band
         self.escalate_heads = escalate_heads
         self.manifest = manifest
@@ -74,7 +81,8 @@ class Pipeline:
         return full[:limit]
 
     def process(self, reading: Reading) -> Processed:
-        """Check, window and score one reading. Raises `Rejected` for a bad reading."""
+        """Check, window and score one reading (`decide` judges the score). Raises `Rejected`
+        for a bad reading."""
         row = self.checker.check(reading)
         status = self.assets.get(reading.asset)
         if status is None:
@@ -91,10 +99,7 @@ class Pipeline:
         score = self.scorer.score(status.window.view())
         elapsed = time.perf_counter() - t0
         tick.probability, tick.rul = score.probability, score.rul
-        transition = status.machine.update(score.probability, score.rul)
-        if transition:
-            status.since = time.time()
-        done = Processed(reading, tick, score, transition, elapsed)
+        done = Processed(reading, tick, score, inference_s=elapsed)
         if self.escalation_band is not None:
             done.escalate = escalation_reason(score.probability, score.rul, self.manifest,
                                               self.escalation_band, self.escalate_heads)
@@ -102,22 +107,62 @@ class Pipeline:
                 done.window_ticks = list(status.recent)
         return done
 
+    # --- alert decisions, in window order per asset ----------------------------------------
+    def decide(self, p: Processed) -> list[Processed]:
+        """Feed a scored window to its asset's alert machine; returns the windows decided now
+        (with their transitions), oldest first. With a gate, an escalated window and those
+        after it wait for the cloud's verdict (see `verdict`, `expire`)."""
+        if p.score is None:
+            return []
+        if self.gate is None:
+            return self._judge([Released(p, None)])
+        return self._judge(self.gate.offer(p.tick.asset, p.tick.seq, p, p.escalate is not None))
+
+    def verdict(self, asset: str, seq: int, probability: float,
+                rul: float | None) -> list[Processed]:
+        if self.gate is None:
+            return []
+        return self._judge(self.gate.verdict(asset, seq, CloudScore(probability, rul)))
+
+    def expire(self) -> list[Processed]:
+        return self._judge(self.gate.expire()) if self.gate else []
+
+    def flush(self) -> list[Processed]:
+        return self._judge(self.gate.flush()) if self.gate else []
+
+    def holding(self) -> int:
+        return len(self.gate) if self.gate else 0
+
+    def _judge(self, released: list[Released[Processed]]) -> list[Processed]:
+        for r in released:
+            p, status = r.item, self.assets[r.item.tick.asset]
+            assert p.score is not None
+            if r.cloud is None:
+                p.judged = p.score
+            else:
+                rul = p.score.rul if r.cloud.rul is None else r.cloud.rul
+                p.judged, p.basis = Score(r.cloud.probability, rul), "cloud"
+            p.transition = status.machine.update(p.judged.probability, p.judged.rul)
+            if p.transition:
+                status.since = time.time()
+        return [r.item for r in released]
+
     def alert_event(self, p: Processed, latency_ms: float) -> AlertEvent:
-        assert p.transition and p.score
+        assert p.transition and p.judged
         return AlertEvent(
-            source="edge", gateway=self.gateway, asset=p.tick.asset,
+            source="edge", basis=p.basis, gateway=self.gateway, asset=p.tick.asset,
             old_state=p.transition.old, new_state=p.transition.new,
-            probability=p.score.probability, rul=p.score.rul,
+            probability=p.judged.probability, rul=p.judged.rul,
             thresholds=self.thresholds.model_dump(exclude_none=True, exclude={"dwell"}),
             model_version=self.model_version, seq=p.tick.seq, tick_time=p.tick.time,
             published_at=time.time(), latency_ms=latency_ms)
 
     def asset_state(self, p: Processed) -> AssetState:
-        assert p.score
+        assert p.judged
         status = self.assets[p.tick.asset]
         return AssetState(
             gateway=self.gateway, asset=p.tick.asset, state=status.machine.state,
-            probability=p.score.probability, rul=p.score.rul, model_version=self.model_version,
+            probability=p.judged.probability, rul=p.judged.rul, model_version=self.model_version,
             seq=p.tick.seq, tick_time=p.tick.time, since=status.since)
 
     def states(self) -> dict[str, AlertState]:

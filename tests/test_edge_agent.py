@@ -49,19 +49,29 @@ def write_config(tmp_path: Path, broker, data_dir: Path, units, rate: float = 0.
 
 
 def start_agent(config: Path, *args: str) -> subprocess.Popen:
-    return track(subprocess.Popen(
+    """The agent logs to a file beside its config (a pipe nobody reads would block it)."""
+    log = config.parent / f"agent-{len(list(config.parent.glob('agent-*.log')))}.log"
+    proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(config), *args], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc.log_path = log
+    return track(proc)
+
+
+def agent_log(proc: subprocess.Popen, tail: int = 6000) -> str:
+    return proc.log_path.read_text()[-tail:]
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError(f"agent still running after {timeout}s; its log:\n{out}") from None
-    assert proc.returncode == 0, out
+        proc.wait()
+        raise AssertionError(f"agent still running after {timeout}s; its log:\n"
+                             f"{agent_log(proc)}") from None
+    out = proc.log_path.read_text()
+    assert proc.returncode == 0, out[-6000:]
     return out
 
 
@@ -244,7 +254,9 @@ def test_alerts_flow_while_the_uplink_is_unreachable_and_ticks_follow_later(
                                timeout=60), "no local alerts while the uplink was down"
         uplink.start()
         want = expected_seqs(data_dir, units)
-        assert rec.wait_for(lambda ms: set(uplinked(ms)) >= want, timeout=60)
+        assert rec.wait_for(lambda ms: set(uplinked(ms)) >= want, timeout=90), (
+            f"missing {len(want - set(uplinked(rec.messages)))} of {len(want)} ticks; "
+            f"agent log:\n{agent_log(agent)}")
         assert set(uplinked(rec.messages)) == want
         rec.close()
     finally:

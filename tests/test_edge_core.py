@@ -245,3 +245,37 @@ def test_verdict_ledger_counts_agreement_overrules_and_late_answers():
     for seq in range(5):  # bounded when the cloud never answers
         ledger.sent("e3", seq, True)
     assert len(ledger) == 3 and ledger.received("e3", 0, True) is None
+
+
+def test_verdict_gate_holds_an_asset_behind_its_escalated_window_until_verdict_or_deadline():
+    from edge_agent.verdict_gate import CloudScore, VerdictGate
+
+    now = [0.0]
+    gate = VerdictGate(deadline=2.0, clock=lambda: now[0])
+
+    def items(released):
+        return [(r.item, r.cloud.probability if r.cloud else None) for r in released]
+
+    assert items(gate.offer("e1", 10, "e1-10", escalated=False)) == [("e1-10", None)]
+    assert gate.offer("e1", 11, "e1-11", escalated=True) == []  # waits for the cloud
+    assert gate.offer("e1", 12, "e1-12", escalated=False) == []  # behind it, in order
+    assert gate.offer("e1", 13, "e1-13", escalated=True) == []
+    assert items(gate.offer("e2", 11, "e2-11", escalated=False)) == [("e2-11", None)]
+    assert gate.verdict("e1", 13, CloudScore(0.2, 90.0)) == []  # answered, but not first yet
+    assert gate.verdict("e9", 1, CloudScore(0.9, 5.0)) == []  # never held here
+    assert len(gate) == 3
+    assert items(gate.verdict("e1", 11, CloudScore(0.9, 5.0))) == [
+        ("e1-11", 0.9), ("e1-12", None), ("e1-13", 0.2)]
+    assert len(gate) == 0
+
+    assert gate.offer("e1", 14, "e1-14", escalated=True) == []
+    assert gate.offer("e1", 15, "e1-15", escalated=False) == []
+    now[0] += 1.9
+    assert gate.expire() == []
+    now[0] += 0.2  # past the deadline: the edge decides on its own score
+    assert items(gate.expire()) == [("e1-14", None), ("e1-15", None)]
+    assert gate.verdict("e1", 14, CloudScore(0.9, 5.0)) == []  # too late to count
+
+    gate.offer("e3", 1, "e3-1", escalated=True)
+    gate.offer("e3", 2, "e3-2", escalated=False)
+    assert items(gate.flush()) == [("e3-1", None), ("e3-2", None)] and len(gate) == 0

@@ -29,7 +29,57 @@ UNITS = [31, 34, 68, 81]  # near failure: their scores cross the decision thresh
 
 def metric(text: str, name: str) -> float:
     """Sum of every sample of `name` (all label sets) in a Prometheus text page."""
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text,
+                                            re.M))
+
+
+def replayed_pipeline(data_dir, unit: int, **kw):
+    """A pipeline over the default bundle's real edge model, and unit `unit`'s readings."""
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.readings import Reading
+    from edge_agent.scorer import Scorer
+    from edge_agent.sources.replay import cmapss_streams
+
+    manifest = read_manifest(DEFAULT_BUNDLE)
+    pipeline = Pipeline(GW, manifest, Scorer(DEFAULT_BUNDLE / manifest.edge.file, manifest),
+                        **kw)
+    rows = cmapss_streams(data_dir / "test_FD001.txt", [unit], "engine-", lambda a: 0)
+    readings = [Reading(f"engine-{unit}", float(i), row)
+                for i, row in enumerate(rows[f"engine-{unit}"])]
+    return pipeline, readings
+
+
+def test_adopting_agent_decides_escalated_windows_on_the_verdict_else_on_its_own(data_dir):
+    # band 0.5 escalates every window, so every decision waits for a verdict
+    now = [0.0]
+    pipeline, readings = replayed_pipeline(data_dir, 31, escalation_band=0.5, adopt_deadline=2)
+    pipeline.gate.clock = lambda: now[0]
+    decided = []
+    for seq, reading in enumerate(readings[:40]):
+        p = pipeline.process(reading)
+        p.tick.seq = seq
+        decided += pipeline.decide(p)
+        assert p.score is None or p.escalate == "near-threshold"
+    assert decided == [] and pipeline.holding() == 40 - pipeline.manifest.window + 1
+    first = pipeline.manifest.window - 1
+    assert pipeline.assets["engine-31"].machine.state.value == "NORMAL"
+    # The cloud calls the early windows failing: the edge takes its word (healthy as they
+    # look to the int8 model), window by window and in order.
+    for seq in range(first, first + 5):
+        decided += pipeline.verdict("engine-31", seq, 0.99, 3.0)
+    assert [p.tick.seq for p in decided] == list(range(first, first + 5))
+    assert all(p.basis == "cloud" and p.judged.probability == 0.99 for p in decided)
+    assert any(p.transition for p in decided)
+    assert pipeline.assets["engine-31"].machine.state.value == "CRITICAL"
+    event = pipeline.alert_event(next(p for p in decided if p.transition), 1.0)
+    assert event.basis == "cloud" and event.probability == 0.99
+    # No answer for the rest: past the deadline they are decided on the edge's own scores.
+    assert pipeline.expire() == []
+    now[0] += 2.5
+    rest = pipeline.expire()
+    assert [p.tick.seq for p in rest] == list(range(first + 5, 40))
+    assert all(p.basis == "edge" and p.judged == p.score for p in rest)
+    assert pipeline.holding() == 0
 
 
 def test_unsure_windows_are_escalated_ahead_of_their_batch_and_answered(
@@ -47,7 +97,7 @@ def test_unsure_windows_are_escalated_ahead_of_their_batch_and_answered(
                      "units": UNITS, "rate": 40}],
         "bundle": {"path": str(DEFAULT_BUNDLE), "trusted_keys": [str(DEFAULT_BUNDLE_KEY)]},
         "outbox": {"path": str(tmp_path / "outbox.db"), "batch_max_age": 0.5},
-        "escalation": {"band": 0.1},
+        "escalation": {"band": 0.1, "adopt_cloud_verdict": True},
         "metrics_port": port}))
     agent = start_agent(config)
     want = {f"engine-{u}": n for u, n in unit_lengths(data_dir).items() if u in UNITS}
@@ -77,6 +127,9 @@ def test_unsure_windows_are_escalated_ahead_of_their_batch_and_answered(
         wait_until(lambda: metric(httpx.get(f"http://127.0.0.1:{port}/metrics").text,
                                   "pdm_edge_cloud_verdicts_total") >= len(asked), 10,
                    "the agent counted every verdict")
+        wait_until(lambda: metric(httpx.get(f"http://127.0.0.1:{port}/metrics").text,
+                                  "pdm_edge_escalated_decisions_total") >= len(asked), 10,
+                   "the agent decided every escalated window")
         edge = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         cloud_page = cloud.http.get("/metrics").text
         for asset, n in want.items():  # nothing stored twice or lost, each window once
@@ -103,6 +156,10 @@ def test_unsure_windows_are_escalated_ahead_of_their_batch_and_answered(
                     != (b.probability[-1] >= cut) for _, b in escalated)
     assert metric(edge, "pdm_edge_escalations_total") == len(escalated)
     assert metric(edge, "pdm_edge_cloud_verdicts_total") == len(asked)
+    # adopting: every escalated window decided once, on the verdict unless it came too late
+    on_cloud = metric(edge, 'pdm_edge_escalated_decisions_total{basis="cloud"}')
+    assert on_cloud >= 1
+    assert metric(edge, "pdm_edge_escalated_decisions_total") == len(asked)
     assert metric(cloud_page, "pdm_cloud_verdicts_total") >= len(asked)
     print(f"\nescalated {len(escalated)} of {sum(n - window + 1 for n in want.values())} "
-          f"windows; the cloud overruled {overruled}")
+          f"windows; the cloud overruled {overruled}; {on_cloud:.0f} decided on its verdict")
