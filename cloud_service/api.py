@@ -269,8 +269,39 @@ def _api_routes() -> APIRouter:
         return FileResponse(path, media_type="application/x-tar",
                             filename=f"{version}.tar", headers={"ETag": f'"{row["sha256"]}"'})
 
+    @r.get("/models/{version}/shadow", tags=["models"], response_model=schemas.ShadowReport,
+           responses={404: {"model": schemas.Problem}},
+           summary="How a model run in shadow on gateways compares, per asset, with the "
+                   "active edge model and the cloud's full model")
+    def shadow_report(request: Request,
+                      version: Annotated[str, Path(pattern=r"^[A-Za-z0-9._+-]{1,64}$")]):
+        service = service_of(request)
+        row = service.store.model(version)
+        cut = service.manifest.thresholds.decision if service.manifest else 0.5
+        shadow_cut = (json.loads(row["manifest"])["thresholds"]["decision"]
+                      if row and row.get("manifest") else cut)
+        assets = service.store.shadow_report(version, shadow_cut, cut)
+        if not assets:
+            raise HTTPException(404, f"no shadow scores of {version!r} have arrived; start one "
+                                     "with POST /api/v1/rollouts {\"action\": \"shadow\", ...}")
+        return schemas.ShadowReport(
+            version=version, decision_threshold=shadow_cut, cloud_decision_threshold=cut,
+            windows=sum(a["windows"] for a in assets),
+            agreement_active=_weighted(assets, "agreement_active", "windows"),
+            agreement_cloud=_weighted(assets, "agreement_cloud", "cloud_scored"),
+            active_agreement_cloud=_weighted(assets, "active_agreement_cloud", "cloud_scored"),
+            assets=assets)
+
     _rollout_routes(r)
     return r
+
+
+def _weighted(rows: list[dict], key: str, weight: str) -> float | None:
+    """The fleet-wide share from per-asset shares."""
+    total = sum(r[weight] for r in rows if r[key] is not None)
+    if not total:
+        return None
+    return sum(r[key] * r[weight] for r in rows if r[key] is not None) / total
 
 
 RolloutId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,64}$", description="rollout id")]
@@ -301,7 +332,7 @@ def _rollout_routes(r: APIRouter) -> None:
     def create_rollout(request: Request, body: schemas.RolloutRequest):
         rollouts = service_of(request).rollouts
         return _rollout_call(request, rollouts.create, body.version, body.gateways,
-                             body.percent, _base_url(request))
+                             body.percent, _base_url(request), body.action)
 
     @r.get("/rollouts", tags=["rollouts"], response_model=list[schemas.Rollout],
            summary="Rollouts with their per-gateway steps")

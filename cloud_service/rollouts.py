@@ -3,8 +3,10 @@ them (`pdm/v1/{gateway}/model`), and pause, resume and rollback.
 
 The cloud records what it did per gateway (`announced`, `paused`, `cleared`, `rolling-back`);
 the gateways' own reports on `pdm/v1/{gateway}/update` (`downloading`, `verified`, `active`,
-`failed` with the reason, `rolled-back`) are written over those steps by the ingest consumer.
-Announcements are retained, so a gateway that is offline now picks its up when it reconnects.
+`shadow`, `failed` with the reason, `rolled-back`) are written over those steps by the ingest
+consumer. Announcements are retained, so a gateway that is offline now picks its up when it
+reconnects. A "shadow" rollout has gateways run the model beside their active one without
+alerting; rolling it back withdraws the announcement, which ends the shadow run.
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ class Rollouts:
         if row is None:
             raise RolloutError(f"no rollout {rollout_id!r}; GET /api/v1/rollouts lists them", 404)
         targets = self.store.rollout_targets(rollout_id)
+        done = "shadow" if row["action"] == "shadow" else "active"
         return {**row, "requested": json.loads(row["requested"]), "targets": targets,
                 "steps": summary(targets),
-                "complete": all(t["step"] == "active" for t in targets)}
+                "complete": all(t["step"] == done for t in targets)}
 
     def list(self) -> list[dict]:
         return [self.view(r["id"]) for r in self.store.rollouts()]
@@ -69,7 +72,7 @@ class Rollouts:
     # -- writes ----------------------------------------------------------------------------
 
     def create(self, version: str, gateways: list[str] | None, percent: float | None,
-               base_url: str) -> dict:
+               base_url: str, action: str = "install") -> dict:
         model = self.store.model(version)
         if model is None:
             raise RolloutError(f"no model {version!r} is registered; upload it first "
@@ -93,12 +96,13 @@ class Rollouts:
         targets = [{"gateway": g, "from_version": known[g]["model_version"], "step": "announced"}
                    for g in chosen]
         self.store.create_rollout({
-            "id": rollout_id, "version": version, "action": "install", "state": "active",
+            "id": rollout_id, "version": version, "action": action, "state": "active",
             "created_at": now, "updated_at": now, "percent": percent,
-            "requested": json.dumps({"gateways": gateways, "percent": percent})}, targets)
+            "requested": json.dumps({"gateways": gateways, "percent": percent,
+                                     "action": action})}, targets)
         steps = {}
         for g in chosen:
-            steps[g] = self._announce(g, model, "install", rollout_id, base_url)
+            steps[g] = self._announce(g, model, action, rollout_id, base_url)
         self.store.update_rollout(rollout_id, "active", steps)
         return self.view(rollout_id)
 
@@ -113,7 +117,7 @@ class Rollouts:
     def resume(self, rollout_id: str, base_url: str) -> dict:
         view = self._in_state(rollout_id, "paused", "resume")
         model = self._model(view["version"])
-        steps = {t["gateway"]: self._announce(t["gateway"], model, "install", rollout_id,
+        steps = {t["gateway"]: self._announce(t["gateway"], model, view["action"], rollout_id,
                                               base_url)
                  for t in view["targets"] if t["step"] in ("paused", "unannounced")}
         self.store.update_rollout(rollout_id, "active", steps)
@@ -125,7 +129,9 @@ class Rollouts:
         view = self.view(rollout_id)
         if view["state"] == "rolled-back":
             raise RolloutError(f"rollout {rollout_id} is already rolled back")
-        back = [t for t in view["targets"] if t["step"] in STARTED]
+        # a shadow run never changed the active model: withdrawing its announcement ends it
+        back = [t for t in view["targets"]
+                if t["step"] in STARTED and view["action"] != "shadow"]
         missing = sorted(t["gateway"] for t in back if not t["from_version"]
                          or self.store.model(t["from_version"]) is None)
         if missing:
@@ -169,7 +175,7 @@ class Rollouts:
             self.publish(topics.model(gateway), codec.encode_json(ann))
         except Exception as exc:
             return ("unannounced", f"the broker did not take the announcement: {exc}")
-        return ("announced" if action == "install" else "rolling-back", None)
+        return ("rolling-back" if action == "rollback" else "announced", None)
 
     def _clear(self, gateway: str, step: str) -> tuple[str, str | None]:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -124,6 +124,39 @@ class Model(BaseModel):
     bundle_url: str
 
 
+class ShadowAsset(BaseModel):
+    gateway: str
+    asset: str
+    windows: int = Field(description="windows the shadow model scored beside the active one")
+    first_seq: int
+    last_seq: int
+    active_versions: str = Field(description="the active edge model(s) it ran beside")
+    mean_abs_diff_active: float = Field(description="mean |shadow p - active edge p|")
+    agreement_active: float = Field(description="share of windows with the same decision as "
+                                                "the active edge model")
+    cloud_scored: int = Field(description="of those windows, how many the cloud has scored")
+    mean_abs_diff_cloud: float | None = Field(None, description="mean |shadow p - cloud p|")
+    agreement_cloud: float | None = Field(None, description="shadow decisions equal to the "
+                                                            "cloud's full model")
+    active_agreement_cloud: float | None = Field(
+        None, description="the same for the active edge model, for comparison")
+    rul_rmse_cloud: float | None = Field(None, description="RMSE of shadow RUL against the "
+                                                           "cloud's RUL")
+    active_rul_rmse_cloud: float | None = None
+
+
+class ShadowReport(BaseModel):
+    version: str
+    decision_threshold: float = Field(description="the shadow model's (its manifest)")
+    cloud_decision_threshold: float = Field(description="used for the active edge and cloud "
+                                                        "scores")
+    windows: int
+    agreement_active: float
+    agreement_cloud: float | None
+    active_agreement_cloud: float | None
+    assets: list[ShadowAsset]
+
+
 class Problem(BaseModel):
     detail: str
 
@@ -144,6 +177,10 @@ class RolloutRequest(BaseModel):
     percent: float | None = Field(
         None, gt=0, le=100, description="a canary: this share of the known gateways (at least "
                                         "one), picked by a hash of the rollout id")
+    action: Literal["install", "shadow"] = Field(
+        "install", description="install: swap the model in; shadow: run it beside the active "
+                               "model without alerting, scores uplinked for comparison "
+                               "(GET /api/v1/models/{version}/shadow)")
 
     @model_validator(mode="after")
     def _one_target(self) -> RolloutRequest:
@@ -157,7 +194,7 @@ class RolloutTarget(BaseModel):
     from_version: str | None = Field(None, description="what it ran when the rollout began")
     step: str = Field(description="announced, paused, cleared, rolling-back, unannounced (the "
                                   "cloud's), or the gateway's report: downloading, verified, "
-                                  "active, failed, rolled-back")
+                                  "active, shadow, failed, rolled-back")
     reason: str | None = Field(None, description="why it failed, as the gateway reported it")
     updated_at: float | None = None
     report_time: float | None = Field(None, description="the gateway's clock at its last report")
@@ -174,4 +211,5 @@ class Rollout(BaseModel):
     requested: dict
     targets: list[RolloutTarget]
     steps: dict[str, int] = Field(description="how many gateways are at each step")
-    complete: bool = Field(description="every targeted gateway reported the version active")
+    complete: bool = Field(description="every targeted gateway reported the version active "
+                                       "(shadow, for a shadow rollout)")

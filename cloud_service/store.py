@@ -170,6 +170,8 @@ class Store(Protocol):
     def rollouts(self) -> list[dict]: ...
     def rollout(self, rollout_id: str) -> dict | None: ...
     def rollout_targets(self, rollout_id: str) -> list[dict]: ...
+    def shadow_report(self, version: str, shadow_cut: float,
+                      cut: float) -> list[dict]: ...
     def update_rollout(self, rollout_id: str, state: str,
                        steps: dict[str, tuple[str, str | None]]) -> None: ...
     def close(self) -> None: ...
@@ -269,6 +271,12 @@ class SqliteStore:
             "diff": float, "rul_diff": float, "model_version": str,
             "edge_model_version": str, "scored_at": float, "error": str,
         }, pk=("gateway", "asset", "seq"), if_not_exists=True)
+        # Scores of a model that gateways run in shadow, beside their active one.
+        db["shadow_scores"].create({
+            "gateway": str, "asset": str, "seq": int, "model_version": str,
+            "probability": float, "rul": float,
+        }, pk=("gateway", "asset", "seq", "model_version"), if_not_exists=True)
+        db["shadow_scores"].create_index(["model_version"], if_not_exists=True)
         db["alerts"].create({
             "id": int, "gateway": str, "asset": str, "seq": int, "source": str,
             "old_state": str, "new_state": str, "probability": float, "rul": float,
@@ -383,6 +391,13 @@ class SqliteStore:
             "edge_probability, edge_rul, model_version, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         new_rows = conn.total_changes - before
+        if b.shadow_version is not None:
+            conn.executemany(
+                "INSERT OR IGNORE INTO shadow_scores (gateway, asset, seq, model_version, "
+                "probability, rul) VALUES (?, ?, ?, ?, ?, ?)",
+                [(b.gateway, b.asset, seq, b.shadow_version, float(b.shadow_probability[i]),
+                  _opt(b.shadow_rul[i])) for i, seq in enumerate(b.seqs)
+                 if math.isfinite(b.shadow_probability[i])])
         edge_seq = edge_p = edge_r = None
         for i in range(len(rows) - 1, -1, -1):
             if rows[i][6] is not None:
@@ -644,6 +659,32 @@ class SqliteStore:
     def rollout_targets(self, rollout_id: str) -> list[dict]:
         return self._rows("SELECT * FROM rollout_targets WHERE rollout_id = ? ORDER BY gateway",
                           (rollout_id,))
+
+    def shadow_report(self, version: str, shadow_cut: float, cut: float) -> list[dict]:
+        """Per asset, how the shadow model `version` compares with the active edge model
+        (same windows) and with the cloud's full model where it scored them. Decisions are
+        taken at `shadow_cut` for the shadow's scores and at `cut` for the others."""
+        return self._rows(
+            "SELECT s.gateway, s.asset, count(*) AS windows, "
+            "min(s.seq) AS first_seq, max(s.seq) AS last_seq, "
+            "avg(abs(s.probability - t.edge_probability)) AS mean_abs_diff_active, "
+            "avg((s.probability >= :sc) = (t.edge_probability >= :c)) AS agreement_active, "
+            "count(p.seq) AS cloud_scored, "
+            "avg(abs(s.probability - p.probability)) AS mean_abs_diff_cloud, "
+            "avg(CASE WHEN p.seq IS NOT NULL THEN (s.probability >= :sc) = "
+            "  (p.probability >= :c) END) AS agreement_cloud, "
+            "avg(CASE WHEN p.seq IS NOT NULL THEN (t.edge_probability >= :c) = "
+            "  (p.probability >= :c) END) AS active_agreement_cloud, "
+            "sqrt(avg((s.rul - p.rul) * (s.rul - p.rul))) AS rul_rmse_cloud, "
+            "sqrt(avg((t.edge_rul - p.rul) * (t.edge_rul - p.rul))) AS active_rul_rmse_cloud, "
+            "group_concat(DISTINCT t.model_version) AS active_versions "
+            "FROM shadow_scores s "
+            "JOIN ticks t ON t.gateway = s.gateway AND t.asset = s.asset AND t.seq = s.seq "
+            "LEFT JOIN predictions p ON p.gateway = s.gateway AND p.asset = s.asset "
+            "  AND p.seq = s.seq AND p.error IS NULL "
+            "WHERE s.model_version = :v AND t.edge_probability IS NOT NULL "
+            "GROUP BY s.gateway, s.asset ORDER BY s.gateway, s.asset",
+            {"v": version, "sc": shadow_cut, "c": cut})
 
     def update_rollout(self, rollout_id: str, state: str,
                        steps: dict[str, tuple[str, str | None]]) -> None:

@@ -59,6 +59,10 @@ def encode_uplink(batch: UplinkBatch) -> bytes:
         "m": batch.model_version,
         "e": batch.escalated,
     }
+    if batch.shadow_version is not None:
+        body["sv"] = batch.shadow_version
+        body["sp"] = batch.shadow_probability.astype("<f4").tobytes()
+        body["sr"] = batch.shadow_rul.astype("<f4").tobytes()
     return bytes([UPLINK_VERSION]) + zlib.compress(msgpack.packb(body, use_bin_type=True), 6)
 
 
@@ -98,8 +102,10 @@ def decode_uplink(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Uplin
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
         raise ContractError("uplink field f (features) must be a list of names")
     arrays = {}
-    for key, dtype in (("t", "<f8"), ("x", "<f4"), ("p", "<f4"), ("r", "<f4")):
-        blob = body[key]
+    shadow = ("sp", "sr") if "sv" in body else ()
+    for key, dtype in (("t", "<f8"), ("x", "<f4"), ("p", "<f4"), ("r", "<f4"),
+                       *((k, "<f4") for k in shadow)):
+        blob = body.get(key)
         if not isinstance(blob, bytes) or len(blob) % np.dtype(dtype).itemsize:
             raise ContractError(f"uplink field {key} is not a whole array of {dtype} numbers")
         arrays[key] = np.frombuffer(blob, dtype=dtype)
@@ -121,6 +127,9 @@ def decode_uplink(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Uplin
             rul=arrays["r"],
             model_version=body["m"],
             escalated=bool(body.get("e", False)),
+            shadow_version=body.get("sv"),
+            shadow_probability=arrays.get("sp"),
+            shadow_rul=arrays.get("sr"),
         )
     except ValidationError as exc:
         raise to_contract_error(exc, "UplinkBatch") from None

@@ -129,6 +129,7 @@ class UplinkBatch(BaseModel):
 
     `probability` and `rul` hold the edge model's scores of the window ending at each tick
     (NaN where the window was not yet full). Tick `i` has sequence number `first_seq + i`.
+    `shadow_*`: the scores of a model the gateway runs in shadow (never alerting), when any.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
@@ -144,15 +145,20 @@ class UplinkBatch(BaseModel):
     rul: np.ndarray
     model_version: str = Field(max_length=64)
     escalated: bool = False
+    shadow_version: str | None = Field(default=None, min_length=1, max_length=64)
+    shadow_probability: np.ndarray | None = None
+    shadow_rul: np.ndarray | None = None
 
     @field_validator("timestamps", mode="before")
     @classmethod
     def _timestamps(cls, v: object) -> np.ndarray:
         return _vector(v, np.float64, "timestamps")
 
-    @field_validator("probability", "rul", mode="before")
+    @field_validator("probability", "rul", "shadow_probability", "shadow_rul", mode="before")
     @classmethod
-    def _scores(cls, v: object, info) -> np.ndarray:
+    def _scores(cls, v: object, info) -> np.ndarray | None:
+        if v is None and info.field_name.startswith("shadow"):
+            return None
         return _vector(v, np.float32, info.field_name, allow_nan=True)
 
     @field_validator("values", mode="before")
@@ -187,7 +193,13 @@ class UplinkBatch(BaseModel):
                 f"values has shape {self.values.shape}, expected ({n}, {len(self.features)}) "
                 "for the timestamps and features given"
             )
-        for name in ("probability", "rul"):
+        shadow = (self.shadow_version, self.shadow_probability, self.shadow_rul)
+        if any(x is None for x in shadow) and any(x is not None for x in shadow):
+            raise ValueError("shadow_version, shadow_probability and shadow_rul come together "
+                             "or not at all")
+        names = ("probability", "rul") + (("shadow_probability", "shadow_rul")
+                                          if self.shadow_version else ())
+        for name in names:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries, expected {n}")
         return self
@@ -200,11 +212,12 @@ class UplinkBatch(BaseModel):
         if not isinstance(other, UplinkBatch):
             return NotImplemented
         plain = ("schema_version", "gateway", "asset", "first_seq", "features", "model_version",
-                 "escalated")
+                 "escalated", "shadow_version")
         arrays = ("timestamps", "values", "probability", "rul")
+        shadow = ("shadow_probability", "shadow_rul") if self.shadow_version else ()
         return all(getattr(self, f) == getattr(other, f) for f in plain) and all(
-            np.array_equal(getattr(self, f), getattr(other, f), equal_nan=True) for f in arrays
-        )
+            np.array_equal(getattr(self, f), getattr(other, f), equal_nan=True)
+            for f in arrays + shadow)
 
     __hash__ = None  # type: ignore[assignment]
 

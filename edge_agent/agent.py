@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from contract import codec, topics
@@ -68,7 +69,7 @@ class Agent:
         # Held while ticks enter the outbox and their escalations are published, and while the
         # sender takes and publishes a batch: an escalated window always goes out first.
         self._uplink_order = threading.Lock()
-        self._pending: tuple[Candidate, threading.Event] | None = None
+        self._pending: list[tuple[Callable[[], None], threading.Event]] = []
         self.outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes, len(self.manifest.features),
                              cfg.outbox.replay_window)
         self.queue: queue.Queue[Reading] = queue.Queue(maxsize=1_000)
@@ -88,7 +89,7 @@ class Agent:
             self.gateway, self.store, cfg.bundle.trusted_keys,
             token.get_secret_value() if token else None,
             current=lambda: (self.manifest, self.scorer, self.manifest.version),
-            held_windows=self.pipeline.held_windows, swap=self.swap,
+            held_windows=self.pipeline.held_windows, swap=self.swap, shadow=self.shadow,
             publish=lambda topic, payload: self.uplink.publish(topic, payload),
             stop=self.stopping)
         self.uplink.subscribe(topics.model(self.gateway), self.updater.on_message)
@@ -184,31 +185,48 @@ class Agent:
             self._settle()
 
     # --- model swap ----------------------------------------------------------------------
-    def swap(self, candidate: Candidate, timeout: float = 30.0) -> None:
-        """Called by the updater; the main loop applies it between two batches of ticks, so no
-        window is lost or scored twice."""
+    def _between_ticks(self, change: Callable[[], None], what: str,
+                       timeout: float = 30.0) -> None:
+        """Called by the updater; the main loop makes the change between two batches of
+        ticks, so no window is lost or scored twice."""
         done = threading.Event()
         with self._swap_lock:
-            self._pending = (candidate, done)
+            self._pending.append((change, done))
         if not done.wait(timeout):
-            raise UpdateError("the scoring loop did not take the new model within "
+            raise UpdateError(f"the scoring loop did not take the {what} within "
                               f"{timeout:.0f} s")
 
     def _apply_swap(self) -> None:
         with self._swap_lock:
-            pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        candidate, done = pending
-        old = self.manifest.version
-        self.manifest, self.scorer = candidate.manifest, candidate.scorer
-        self.pipeline.use_model(candidate.manifest, candidate.scorer, self.cfg.thresholds)
-        self.metrics.model.clear()
-        self.metrics.model.labels(candidate.manifest.version).set(1)
-        if self.uplink.connected.is_set():
-            self.uplink.publish(topics.status(self.gateway), self._status(True), retain=True)
-        log.info("model swapped: %s -> %s", old, candidate.manifest.version)
-        done.set()
+            pending, self._pending = self._pending, []
+        for change, done in pending:
+            change()
+            done.set()
+
+    def swap(self, candidate: Candidate) -> None:
+        def change() -> None:
+            old = self.manifest.version
+            self.manifest, self.scorer = candidate.manifest, candidate.scorer
+            self.pipeline.use_model(candidate.manifest, candidate.scorer, self.cfg.thresholds)
+            self.metrics.model.clear()
+            self.metrics.model.labels(candidate.manifest.version).set(1)
+            if self.uplink.connected.is_set():
+                self.uplink.publish(topics.status(self.gateway), self._status(True),
+                                    retain=True)
+            log.info("model swapped: %s -> %s", old, candidate.manifest.version)
+        self._between_ticks(change, "new model")
+
+    def shadow(self, candidate: Candidate | None) -> None:
+        """Run `candidate` in shadow from the next tick on (None: stop the shadow model)."""
+        def change() -> None:
+            self.pipeline.use_shadow(candidate.scorer if candidate else None)
+            self.metrics.shadow.clear()
+            if candidate:
+                self.metrics.shadow.labels(candidate.manifest.version).set(1)
+                log.info("model %s runs in shadow beside %s", candidate.manifest.version,
+                         self.manifest.version)
+        if candidate is not None or self.pipeline.shadow is not None:
+            self._between_ticks(change, "shadow model")
 
     def handle(self, readings: list[Reading]) -> None:
         done: list[Processed] = []
@@ -356,7 +374,9 @@ class Agent:
                         gateway=self.gateway, asset=asset, first_seq=batch.first_seq,
                         timestamps=batch.times, features=tuple(self.manifest.features),
                         values=batch.values, probability=batch.probability, rul=batch.rul,
-                        model_version=batch.model_version))
+                        model_version=batch.model_version, shadow_version=batch.shadow_version,
+                        shadow_probability=batch.shadow_probability,
+                        shadow_rul=batch.shadow_rul))
                     in_flight.append((batch, self.uplink.publish(topics.uplink(self.gateway),
                                                                  payload)))
             for batch, handle in in_flight:

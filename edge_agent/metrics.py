@@ -44,6 +44,8 @@ class AgentMetrics:
             "on, by basis: cloud (verdict in time) or edge (deadline passed)", ["basis"],
             registry=r)
         self.model = Gauge("pdm_edge_model_info", "Active model version", ["version"], registry=r)
+        self.shadow = Gauge("pdm_edge_shadow_model_info", "Model scoring in shadow (never "
+                            "alerting), if any", ["version"], registry=r)
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)

@@ -30,6 +30,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS ticks (
     asset TEXT NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL, vals BLOB NOT NULL,
     prob REAL, rul REAL, model TEXT NOT NULL,
+    shadow TEXT, sprob REAL, srul REAL,  -- a shadow model's version and scores, when one runs
     acked REAL,  -- when the broker acknowledged it; NULL while pending
     PRIMARY KEY (asset, seq));
 CREATE INDEX IF NOT EXISTS ticks_acked ON ticks (acked) WHERE acked IS NOT NULL;
@@ -47,6 +48,9 @@ class OutboxTick:
     rul: float = float("nan")
     model_version: str = ""
     seq: int = -1  # assigned by the outbox
+    shadow_version: str | None = None
+    shadow_probability: float = float("nan")
+    shadow_rul: float = float("nan")
 
 
 @dataclass
@@ -58,6 +62,9 @@ class PendingBatch:
     probability: np.ndarray
     rul: np.ndarray
     model_version: str
+    shadow_version: str | None = None
+    shadow_probability: np.ndarray | None = None
+    shadow_rul: np.ndarray | None = None
 
     @property
     def last_seq(self) -> int:
@@ -77,6 +84,10 @@ class Outbox:
         self.features = features
         self.replay_window = replay_window
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(ticks)")}
+        for name, kind in (("shadow", "TEXT"), ("sprob", "REAL"), ("srul", "REAL")):
+            if name not in columns:  # an outbox written before shadow scoring existed
+                conn.execute(f"ALTER TABLE ticks ADD COLUMN {name} {kind}")
         self._next = dict(conn.execute("SELECT asset, next_seq FROM seqs"))
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         self._appends_since_check = 0
@@ -95,13 +106,15 @@ class Outbox:
             t.seq = touched.get(t.asset, self._next.get(t.asset, 0))
             touched[t.asset] = t.seq + 1
             rows.append((t.asset, t.seq, t.time, np.asarray(t.values, "<f4").tobytes(),
-                         t.probability, t.rul, t.model_version))
+                         t.probability, t.rul, t.model_version, t.shadow_version,
+                         t.shadow_probability, t.shadow_rul))
         with self._lock:
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("INSERT INTO ticks (asset, seq, time, vals, prob, rul, model) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany("INSERT INTO ticks (asset, seq, time, vals, prob, rul, model, "
+                                 "shadow, sprob, srul) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 rows)
                 conn.executemany("INSERT INTO seqs (asset, next_seq) VALUES (?, ?) ON CONFLICT"
                                  "(asset) DO UPDATE SET next_seq = excluded.next_seq",
                                  list(touched.items()))
@@ -162,28 +175,32 @@ class Outbox:
 
     def take(self, asset: str, after_seq: int, max_ticks: int) -> PendingBatch | None:
         """The oldest run of consecutive ticks of `asset` with seq > after_seq, one model
-        version, at most max_ticks long."""
+        version (and one shadow version), at most max_ticks long."""
         with self._lock:
             rows = self.conn.execute(
-                "SELECT seq, time, vals, prob, rul, model FROM ticks "
+                "SELECT seq, time, vals, prob, rul, model, shadow, sprob, srul FROM ticks "
                 "WHERE asset = ? AND seq > ? AND acked IS NULL "
                 "ORDER BY seq LIMIT ?", (asset, after_seq, max_ticks)).fetchall()
         if not rows:
             return None
-        first, model = rows[0][0], rows[0][5]
+        first, model, shadow = rows[0][0], rows[0][5], rows[0][6]
         n = 0
         for i, r in enumerate(rows):
-            if r[0] != first + i or r[5] != model:
+            if r[0] != first + i or r[5] != model or r[6] != shadow:
                 break
             n = i + 1
         rows = rows[:n]
+
+        def scores(col: int) -> np.ndarray:
+            return np.array([np.nan if r[col] is None else r[col] for r in rows], np.float32)
+
         return PendingBatch(
             asset=asset, first_seq=first,
             times=np.array([r[1] for r in rows], np.float64),
             values=np.frombuffer(b"".join(r[2] for r in rows), "<f4").reshape(n, self.features),
-            probability=np.array([np.nan if r[3] is None else r[3] for r in rows], np.float32),
-            rul=np.array([np.nan if r[4] is None else r[4] for r in rows], np.float32),
-            model_version=model)
+            probability=scores(3), rul=scores(4), model_version=model, shadow_version=shadow,
+            shadow_probability=scores(7) if shadow else None,
+            shadow_rul=scores(8) if shadow else None)
 
     def ack(self, asset: str, first_seq: int, last_seq: int) -> None:
         with self._lock:

@@ -62,6 +62,7 @@ class Pipeline:
         self.model_version = manifest.version
         self.checker = ReadingChecker(manifest.features)
         self.assets: dict[str, AssetStatus] = {}
+        self.shadow: Scorer | None = None  # scored beside the active model, never alerting
 
     def use_model(self, manifest: Manifest, scorer: Scorer,
                   thresholds: Thresholds | None = None) -> None:
@@ -75,8 +76,15 @@ class Pipeline:
         for status in self.assets.values():
             status.machine.thresholds = self.thresholds
 
+    def use_shadow(self, scorer: Scorer | None) -> None:
+        """Run `scorer` beside the active model from the next tick on (None: stop)."""
+        if scorer is not None and (scorer.manifest.features, scorer.manifest.window) != (
+                self.manifest.features, self.manifest.window):
+            raise ValueError("a shadow model must use the same features and window")
+        self.shadow = scorer
+
     def held_windows(self, limit: int = 200) -> list[np.ndarray]:
-        """Copies of the full windows held now (for a new model's self-test)."""
+        """Copies of the full raw windows held now (for a new model's self-test)."""
         full = [s.window.view().copy() for s in self.assets.values() if s.window.full]
         return full[:limit]
 
@@ -92,6 +100,8 @@ class Pipeline:
         status.window.push(row)
         tick = OutboxTick(reading.asset, float(reading.time), row,
                           model_version=self.model_version)
+        if self.shadow is not None:
+            tick.shadow_version = self.shadow.manifest.version
         status.recent.append(tick)
         if not status.window.full:
             return Processed(reading, tick, None, None)
@@ -99,6 +109,9 @@ class Pipeline:
         score = self.scorer.score(status.window.view())
         elapsed = time.perf_counter() - t0
         tick.probability, tick.rul = score.probability, score.rul
+        if self.shadow is not None:
+            shadow = self.shadow.score(status.window.view())
+            tick.shadow_probability, tick.shadow_rul = shadow.probability, shadow.rul
         done = Processed(reading, tick, score, inference_s=elapsed)
         if self.escalation_band is not None:
             done.escalate = escalation_reason(score.probability, score.rul, self.manifest,

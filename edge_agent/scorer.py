@@ -67,6 +67,9 @@ class Scorer:
                 hint = (" (tflite-runtime 2.14 cannot run dynamic-range models from current "
                         "TensorFlow; install ai-edge-litert or use an int8 or float bundle)")
             raise ModelLoadError(f"{self.runtime} cannot load {model_path}: {exc}{hint}") from None
+        norm = manifest.normalisation
+        self._offset = np.asarray(norm.offset, np.float32)
+        self._scale = np.asarray(norm.scale, np.float32)
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
         self._in_scale, self._in_zero = self._in["quantization"]
@@ -90,6 +93,11 @@ class Scorer:
             y = (y.astype(np.float32) - self._out_zero) * self._out_scale
         return y
 
+    def normalise(self, window: np.ndarray) -> np.ndarray:
+        """A raw (W, F) window normalised as this model's manifest says."""
+        return (window - self._offset) / self._scale
+
     def score(self, window: np.ndarray) -> Score:
-        p, frac = self.raw(window)
+        """Scores of one raw (W, F) window."""
+        p, frac = self.raw(self.normalise(window))
         return Score(float(min(max(p, 0.0), 1.0)), float(rul_from_output(frac, self.manifest)))

@@ -4,9 +4,11 @@ The cloud announces a bundle (retained `ModelAnnouncement` on `pdm/v1/{gateway}/
 agent downloads it (bounded, retried), checks the tar's SHA-256 and the Ed25519 signature
 against its trusted keys, refuses a manifest it cannot serve (other features or window), loads
 the edge model, self-tests it on the windows it holds, and only then asks the main loop to swap
-it in between two ticks. Each step is reported on `pdm/v1/{gateway}/update`. Bundles are kept
-under `state_dir/bundles/<version>`; `state_dir/active.json` remembers the active and previous
-versions, so a restart keeps the update and a rollback has something to go back to.
+it in between two ticks (or, for a "shadow" announcement, runs it beside the active model
+without alerting from it, until the next announcement). Each step is reported on
+`pdm/v1/{gateway}/update`. Bundles are kept under `state_dir/bundles/<version>`;
+`state_dir/active.json` remembers the active and previous versions, so a restart keeps the
+update and a rollback has something to go back to.
 """
 
 from __future__ import annotations
@@ -114,14 +116,15 @@ def download(url: str, token: str | None, max_bytes: int, attempts: int = 3,
 def self_test(new: Scorer, old: Scorer, windows: list[np.ndarray], manifest: Manifest) -> str:
     """Finite outputs of the right shape, and decisions that agree with the running model on
     the held windows as often as the new manifest's tolerance asks. Returns a summary."""
-    probe = windows or [np.zeros((manifest.window, len(manifest.features)), np.float32)]
+    neutral = np.asarray(manifest.normalisation.offset, np.float32)  # normalises to zeros
+    probe = windows or [np.tile(neutral, (manifest.window, 1))]
     agree = 0
     new_cut, old_cut = manifest.thresholds.decision, old.manifest.thresholds.decision
     for w in probe:
-        y = new.raw(w)
+        y = new.raw(new.normalise(w))
         if y.shape != (2,) or not np.isfinite(y).all():
             raise UpdateError(f"self-test: the new model returned {y!r} for a held window")
-        agree += (y[0] >= new_cut) == (old.raw(w)[0] >= old_cut)
+        agree += (y[0] >= new_cut) == (old.raw(old.normalise(w))[0] >= old_cut)
     if not windows:
         return "self-test on a neutral window only (no windows held yet)"
     share = agree / len(windows)
@@ -139,19 +142,23 @@ class Updater(threading.Thread):
                  token: str | None, current: Callable[[], tuple[Manifest, Scorer, str]],
                  held_windows: Callable[[], list[np.ndarray]],
                  swap: Callable[[Candidate], None], publish: Callable[[str, bytes], None],
-                 stop: threading.Event) -> None:
+                 stop: threading.Event,
+                 shadow: Callable[[Candidate | None], None] = lambda c: None) -> None:
         super().__init__(name="updater", daemon=True)
         self.gateway, self.store, self.trusted_keys = gateway, store, trusted_keys
         self.token = token
         self.current, self.held_windows, self.swap = current, held_windows, swap
+        self.shadow = shadow
         self.publish, self.stop_event = publish, stop
-        self.inbox: queue.Queue[ModelAnnouncement] = queue.Queue()
+        self.inbox: queue.Queue[ModelAnnouncement | None] = queue.Queue()
         self.failures = 0
         self.last_seen: str | None = None
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        if not payload:
-            return  # a cleared retained announcement
+        if not payload:  # the announcement was withdrawn: nothing to do, no shadow to run
+            self.last_seen = None
+            self.inbox.put(None)
+            return
         try:
             ann = codec.decode_json(payload, ModelAnnouncement)
         except ContractError as exc:
@@ -178,23 +185,48 @@ class Updater(threading.Thread):
             except queue.Empty:
                 continue
             try:
-                if ann.action == "rollback":
-                    self.rollback(ann)
-                else:
-                    self.update(ann)
-            except UpdateError as exc:
-                self.failures += 1
-                self.report(ann, "failed", str(exc))
+                self.handle(ann)
             except Exception as exc:  # never let one bad bundle stop the updater
                 self.failures += 1
-                log.exception("update to %s failed", ann.version)
-                self.report(ann, "failed", f"unexpected error: {exc}")
+                if ann is None:
+                    log.exception("stopping the shadow model failed")
+                    continue
+                if not isinstance(exc, UpdateError):
+                    log.exception("update to %s failed", ann.version)
+                    exc = f"unexpected error: {exc}"
+                self.report(ann, "failed", str(exc))
+
+    def handle(self, ann: ModelAnnouncement | None) -> None:
+        if ann is not None and ann.action == "shadow":
+            self.start_shadow(ann)
+            return
+        self.shadow(None)  # a withdrawn or newer announcement ends the shadow run
+        if ann is None:
+            return
+        if ann.action == "rollback":
+            self.rollback(ann)
+        else:
+            self.update(ann)
 
     def update(self, ann: ModelAnnouncement) -> None:
         manifest, scorer, active = self.current()
         if ann.version == active:
             self.report(ann, "active", "already running this version")
             return
+        candidate = self.fetch(ann, manifest, scorer)
+        self.swap(candidate)
+        self.store.activate(ann.version, previous=active)
+        self.report(ann, "active")
+
+    def start_shadow(self, ann: ModelAnnouncement) -> None:
+        manifest, scorer, active = self.current()
+        if ann.version == active:
+            raise UpdateError(f"{ann.version} is the active model; there is nothing to shadow")
+        self.shadow(self.fetch(ann, manifest, scorer))
+        self.report(ann, "shadow", f"scoring beside {active}, never alerting")
+
+    def fetch(self, ann: ModelAnnouncement, manifest: Manifest, scorer: Scorer) -> Candidate:
+        """Download, verify, load and self-test the announced bundle."""
         self.report(ann, "downloading")
         tar = download(ann.url, self.token, min(ann.size, MAX_BUNDLE_BYTES))
         digest = hashlib.sha256(tar).hexdigest()
@@ -203,9 +235,7 @@ class Updater(threading.Thread):
                               f"says {ann.sha256[:12]}...")
         candidate, note = self.prepare(ann.version, tar, manifest, scorer, ann.signature)
         self.report(ann, "verified", note)
-        self.swap(candidate)
-        self.store.activate(ann.version, previous=active)
-        self.report(ann, "active")
+        return candidate
 
     def prepare(self, version: str, tar: bytes, manifest: Manifest, scorer: Scorer,
                 signature: str | None = None) -> tuple[Candidate, str]:

@@ -15,7 +15,7 @@ import yaml
 
 from contract import codec, topics
 from contract.bundle import generate_keypair
-from contract.payloads import GatewayStatus
+from contract.payloads import AlertEvent, GatewayStatus
 from tests.conftest import DEFAULT_BUNDLE
 from tests.support.bundles import flip_byte, tar, variant
 from tests.support.mqtt import Recorder
@@ -31,14 +31,14 @@ GATEWAYS = ["gw-a", "gw-b"]
 
 
 def agent_config(tmp_path: Path, broker, data_dir: Path, gateway: str, bundle: Path,
-                 pub: Path) -> Path:
+                 pub: Path, rate: float = 6) -> Path:
     work = tmp_path / gateway
     work.mkdir()
     cfg = {
         "gateway_id": gateway,
         "broker": {"host": broker.host, "port": broker.port},
         "sources": [{"type": "cmapss", "file": str(data_dir / "test_FD001.txt"),
-                     "units": UNITS, "rate": 6}],
+                     "units": UNITS, "rate": rate}],
         "bundle": {"path": str(bundle), "trusted_keys": [str(pub)], "download_token": TOKEN,
                    "state_dir": str(work / "state")},
         "outbox": {"path": str(work / "outbox.db"), "batch_max_age": 0.2},
@@ -175,3 +175,98 @@ def retained(broker, topic: str) -> dict | None:
     messages = [m for m in rec.messages if m.payload]
     rec.close()
     return json.loads(messages[-1].payload) if messages else None
+
+
+def test_shadow_rollout_scores_beside_the_active_model_then_ends_or_is_promoted(
+        tmp_path, broker, data_dir):
+    key, pub = tmp_path / "k.key", tmp_path / "k.pub"
+    generate_keypair(key, pub)
+    b = tmp_path / "bundles"
+    v1 = variant(DEFAULT_BUNDLE, b / "v1", "shadow-1", key)
+
+    def float_edge(folder: Path, doc: dict) -> None:  # a different model: the float TFLite one
+        doc["edge"] = {"file": "model_float.tflite", "quantization": "float32"}
+    v2 = variant(v1, b / "v2", "shadow-2", key, float_edge)
+    gw = "gw-shadow"
+    cloud = Running(cloud_config(tmp_path, broker, v1, pub))
+    http = cloud.http
+    alerts = Recorder(broker.host, broker.port, [topics.subscription("alert", gw)])
+    agent = start_agent(agent_config(tmp_path, broker, data_dir, gw, v1, pub, rate=8))
+    want = {f"engine-{u}": n for u, n in unit_lengths(data_dir).items() if u in UNITS}
+
+    def steps(rollout_id: str) -> dict[str, str]:
+        view = http.get(f"/api/v1/rollouts/{rollout_id}").json()
+        return {t["gateway"]: t["step"] for t in view["targets"]}
+
+    def report() -> dict | None:
+        r = http.get("/api/v1/models/shadow-2/shadow")
+        return r.json() if r.status_code == 200 else None
+
+    def last_seqs() -> dict[str, int]:
+        return {a["asset"]: a["last_seq"] for a in http.get("/api/v1/assets").json()
+                if a["gateway"] == gw}
+
+    try:
+        wait_until(lambda: any(g["gateway"] == gw and g["online"]
+                               for g in http.get("/api/v1/gateways").json()), 60, "gateway")
+        r = http.post("/api/v1/models", content=tar(v2),
+                      headers={**AUTH, "Content-Type": "application/x-tar"})
+        assert r.status_code == 201, r.text
+        assert http.get("/api/v1/models/shadow-2/shadow").status_code == 404
+
+        r = http.post("/api/v1/rollouts", json={"version": "shadow-2", "action": "shadow"},
+                      headers=AUTH)
+        assert r.status_code == 201, r.text
+        shadow = r.json()
+        assert shadow["action"] == "shadow"
+        wait_until(lambda: steps(shadow["id"]) == {gw: "shadow"}, 60, "the shadow run")
+        assert http.get(f"/api/v1/rollouts/{shadow['id']}").json()["complete"]
+        wait_until(lambda: (rep := report()) is not None and len(rep["assets"]) == 2
+                   and all(a["windows"] >= 20 and a["cloud_scored"] >= 10
+                           for a in rep["assets"]), 60, "shadow scores of both assets")
+        rep = report()
+        print("\nshadow report:", json.dumps({k: v for k, v in rep.items() if k != "assets"}))
+        for a in rep["assets"]:
+            assert a["active_versions"] == "shadow-1"
+            assert a["agreement_active"] >= 0.9 and a["mean_abs_diff_active"] < 0.05, a
+            assert a["agreement_cloud"] is not None and a["rul_rmse_cloud"] is not None, a
+        # the active model still runs the gateway: versions and alerts are its own
+        assert {g["gateway"]: g["model_version"] for g in http.get("/api/v1/gateways").json()
+                }[gw] == "shadow-1"
+
+        # rolling the shadow run back withdraws it: no more shadow scores arrive
+        r = http.post(f"/api/v1/rollouts/{shadow['id']}/rollback", headers=AUTH)
+        assert r.status_code == 200 and steps(shadow["id"]) == {gw: "cleared"}, r.text
+        time.sleep(1.5)  # the withdrawal reaches the agent; ticks in flight land
+        stopped = {a["asset"]: a["last_seq"] for a in report()["assets"]}
+        seen = last_seqs()
+        wait_until(lambda: all(last_seqs()[a] >= seen[a] + 10 for a in stopped), 60,
+                   "ticks after the shadow run ended")
+        assert {a["asset"]: a["last_seq"] for a in report()["assets"]} == stopped
+
+        # and promoting the model swaps it in for good
+        r = http.post("/api/v1/rollouts", json={"version": "shadow-2"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        wait_until(lambda: steps(r.json()["id"]) == {gw: "active"}, 60, "promotion")
+
+        def ticks(asset: str) -> list[dict]:
+            return http.get(f"/api/v1/assets/{gw}/{asset}/ticks",
+                            params={"limit": 5000}).json()["items"]
+        wait_until(lambda: all(len(ticks(a)) >= n for a, n in want.items()), 120,
+                   "every tick in the cloud")
+        for a, n in want.items():
+            items = ticks(a)
+            assert [t["seq"] for t in items] == list(range(n)), a
+            used = [t["model_version"] for t in items]
+            assert "shadow-2" in used and used[-1] == "shadow-2", a
+        promoted = {a: min(t["seq"] for t in ticks(a) if t["model_version"] == "shadow-2")
+                    for a in want}
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+        alerts.close()
+        cloud.close()
+    events = [codec.decode_json(m.payload, AlertEvent) for m in alerts.messages]
+    assert events, "no edge alerts"
+    for e in events:  # the shadow model never alerted: every alert is the active model's
+        assert e.model_version == ("shadow-2" if e.seq >= promoted[e.asset] else "shadow-1"), e
