@@ -178,6 +178,14 @@ Ctrl-C stops everything.""", flush=True)
     print(f"  escalation: {esc} windows sent for a cloud verdict "
           f"({esc / max(scored, 1):.2%} of those scored), {verdicts} verdicts back, "
           f"{overruled} overruled the edge ({overruled / max(verdicts, 1):.1%})")
+    if verdicts:
+        mean = edge.get("pdm_edge_verdict_latency_seconds_sum", 0.0) / verdicts
+        print(f"  verdicts came back in {mean * 1000:.0f} ms on average")
+    on_cloud = total(edge, 'pdm_edge_escalated_decisions_total{basis="cloud"}')
+    on_edge = total(edge, 'pdm_edge_escalated_decisions_total{basis="edge"}')
+    if on_cloud or on_edge:
+        print(f"  adopted: {on_cloud} escalated windows decided on the cloud's verdict, "
+              f"{on_edge} on the edge's own score (no verdict within the deadline)")
     print(f"  files: {work}")
     return 0
 
