@@ -275,15 +275,15 @@ class Agent:
         """Send the window's ticks at once, ahead of the normal batch (which carries them
         too: the cloud stores each tick once). Skipped while the uplink is down; the window
         then goes up with the outbox like any other."""
-        ticks = p.window_ticks or []
-        if not ticks or not self.uplink.connected.is_set():
+        w = p.window
+        if w is None or not self.uplink.connected.is_set():
             p.escalate = None  # not sent: no verdict to wait for
             return
-        batch = UplinkBatch(
-            gateway=self.gateway, asset=p.tick.asset, first_seq=ticks[0].seq,
-            timestamps=[t.time for t in ticks], features=tuple(self.manifest.features),
-            values=[t.values for t in ticks], probability=[t.probability for t in ticks],
-            rul=[t.rul for t in ticks], model_version=p.tick.model_version, escalated=True)
+        batch = UplinkBatch(  # an asset's seqs are consecutive: the window ends at the tick
+            gateway=self.gateway, asset=p.tick.asset, first_seq=p.tick.seq - len(w.times) + 1,
+            timestamps=w.times, features=tuple(self.manifest.features), values=w.values,
+            probability=w.probability, rul=w.rul, model_version=p.tick.model_version,
+            escalated=True)
         self.uplink.publish(topics.escalate(self.gateway), codec.encode_uplink(batch))
         assert p.score is not None
         self.verdicts.sent(p.tick.asset, p.tick.seq,

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
-@dataclass
+@dataclass(slots=True)  # one per accepted tick: no per-instance dict
 class OutboxTick:
     asset: str
     time: float

@@ -7,7 +7,6 @@ returned ticks to the outbox and publishes the returned alerts.
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +19,7 @@ from edge_agent.outbox import OutboxTick
 from edge_agent.readings import Reading, ReadingChecker
 from edge_agent.scorer import Score, Scorer
 from edge_agent.verdict_gate import CloudScore, Released, VerdictGate
-from edge_agent.windows import AssetWindow
+from edge_agent.windows import AssetWindow, WindowCopy
 
 
 @dataclass
@@ -31,7 +30,7 @@ class Processed:
     transition: Transition | None = None
     inference_s: float = 0.0
     escalate: str | None = None  # why the window goes to the cloud at once
-    window_ticks: list[OutboxTick] | None = None  # the window's ticks, when escalated
+    window: WindowCopy | None = None  # the window's ticks, when escalated
     judged: Score | None = None  # the score the alert machine decided on
     basis: str = "edge"  # whose score that was: "edge", or "cloud" when its verdict was adopted
 
@@ -40,7 +39,6 @@ class Processed:
 class AssetStatus:
     machine: AlertMachine
     window: AssetWindow
-    recent: deque[OutboxTick]  # the raw ticks of the window, for escalation
     since: float = field(default_factory=time.time)
 
 
@@ -95,20 +93,19 @@ class Pipeline:
         status = self.assets.get(reading.asset)
         if status is None:
             status = self.assets[reading.asset] = AssetStatus(
-                AlertMachine(self.thresholds), AssetWindow(self.manifest),
-                deque(maxlen=self.manifest.window))
-        status.window.push(row)
+                AlertMachine(self.thresholds), AssetWindow(self.manifest))
+        status.window.push(row, float(reading.time))
         tick = OutboxTick(reading.asset, float(reading.time), row,
                           model_version=self.model_version)
         if self.shadow is not None:
             tick.shadow_version = self.shadow.manifest.version
-        status.recent.append(tick)
         if not status.window.full:
             return Processed(reading, tick, None, None)
         t0 = time.perf_counter()
         score = self.scorer.score(status.window.view())
         elapsed = time.perf_counter() - t0
         tick.probability, tick.rul = score.probability, score.rul
+        status.window.score_last(score.probability, score.rul)
         if self.shadow is not None:
             shadow = self.shadow.score(status.window.view())
             tick.shadow_probability, tick.shadow_rul = shadow.probability, shadow.rul
@@ -117,7 +114,7 @@ class Pipeline:
             done.escalate = escalation_reason(score.probability, score.rul, self.manifest,
                                               self.escalation_band, self.escalate_heads)
             if done.escalate:
-                done.window_ticks = list(status.recent)
+                done.window = status.window.copy()
         return done
 
     # --- alert decisions, in window order per asset ----------------------------------------

@@ -79,6 +79,22 @@ def test_window_matches_sliding_windows_of_the_series():
     np.testing.assert_allclose(np.stack(got), expected, rtol=1e-6)
 
 
+def test_window_copy_carries_each_ticks_time_and_scores_across_compactions():
+    m = manifest(window=4)
+    w = AssetWindow(m)
+    for i in range(11):  # compacts twice
+        w.push(np.full(3, i, np.float32), time=100.0 + i)
+        if i % 2:
+            w.score_last(i / 10, 50.0 - i)
+    c = w.copy()
+    np.testing.assert_array_equal(c.times, [107, 108, 109, 110])
+    np.testing.assert_array_equal(c.values[:, 0], [7, 8, 9, 10])
+    np.testing.assert_allclose(c.probability, [0.7, np.nan, 0.9, np.nan])
+    np.testing.assert_allclose(c.rul, [43, np.nan, 41, np.nan])
+    w.push(np.zeros(3, np.float32), time=111.0)
+    assert c.times[-1] == 110  # a copy, not a view
+
+
 # --- outbox ------------------------------------------------------------------------------
 def ticks(asset: str, n: int, start: float = 0.0) -> list[OutboxTick]:
     return [OutboxTick(asset, start + i, np.full(3, i, np.float32), 0.5, 100.0 - i, "v1")
