@@ -65,7 +65,7 @@ class Agent:
         # Verdicts arrive on the MQTT thread; the scoring loop applies them, in order.
         self.verdict_inbox: queue.SimpleQueue[AlertEvent] = queue.SimpleQueue()
         self.metrics.model.labels(self.manifest.version).set(1)
-        self._swap_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
         # Held while ticks enter the outbox and their escalations are published, and while the
         # sender takes and publishes a batch: an escalated window always goes out first.
         self._uplink_order = threading.Lock()
@@ -171,10 +171,10 @@ class Agent:
             try:
                 first = self.queue.get(timeout=0.02 if self.pipeline.holding() else 0.2)
             except queue.Empty:
-                self._apply_swap()
+                self._apply_pending()
                 self._settle()
                 continue
-            self._apply_swap()
+            self._apply_pending()
             batch = [first]
             while len(batch) < 500:
                 try:
@@ -190,14 +190,14 @@ class Agent:
         """Called by the updater; the main loop makes the change between two batches of
         ticks, so no window is lost or scored twice."""
         done = threading.Event()
-        with self._swap_lock:
+        with self._pending_lock:
             self._pending.append((change, done))
         if not done.wait(timeout):
             raise UpdateError(f"the scoring loop did not take the {what} within "
                               f"{timeout:.0f} s")
 
-    def _apply_swap(self) -> None:
-        with self._swap_lock:
+    def _apply_pending(self) -> None:
+        with self._pending_lock:
             pending, self._pending = self._pending, []
         for change, done in pending:
             change()
@@ -300,14 +300,15 @@ class Agent:
             return
         outcome = self.verdicts.received(
             event.asset, event.seq, event.probability >= self.pipeline.thresholds.decision)
-        if self.pipeline.gate is not None and outcome is not None:
+        if outcome is None:
+            return
+        if self.pipeline.gate is not None and outcome.outcome != "late":
             self.verdict_inbox.put(event)
-        if outcome is not None:
-            self.metrics.verdicts.labels(outcome.outcome).inc()
-            self.metrics.verdict_latency.observe(outcome.latency)
-            if outcome.outcome == "overruled":
-                log.info("cloud overruled the edge on %s seq %d: p=%.3f", event.asset,
-                         event.seq, event.probability)
+        self.metrics.verdicts.labels(outcome.outcome).inc()
+        self.metrics.verdict_latency.observe(outcome.latency)
+        if outcome.outcome == "overruled":
+            log.info("cloud overruled the edge on %s seq %d: p=%.3f", event.asset, event.seq,
+                     event.probability)
 
     def _publish_alert(self, p: Processed) -> None:
         latency = time.perf_counter() - p.reading.arrived

@@ -48,12 +48,17 @@ def agent_config(tmp_path: Path, broker, data_dir: Path, gateway: str, bundle: P
     return path
 
 
-def test_canary_then_fleet_rollout_refused_download_pause_resume_and_rollback(
-        tmp_path, broker, data_dir):
+def first_bundle(tmp_path: Path, version: str) -> tuple[Path, Path, Path]:
+    """A fresh signing key pair and the default bundle re-signed with it as `version`."""
     key, pub = tmp_path / "k.key", tmp_path / "k.pub"
     generate_keypair(key, pub)
+    return key, pub, variant(DEFAULT_BUNDLE, tmp_path / "bundles" / "v1", version, key)
+
+
+def test_canary_then_fleet_rollout_refused_download_pause_resume_and_rollback(
+        tmp_path, broker, data_dir):
+    key, pub, v1 = first_bundle(tmp_path, "rollout-1")
     b = tmp_path / "bundles"
-    v1 = variant(DEFAULT_BUNDLE, b / "v1", "rollout-1", key)
     v2 = variant(v1, b / "v2", "rollout-2", key)
     v3 = variant(v1, b / "v3", "rollout-3", key)
 
@@ -179,14 +184,11 @@ def retained(broker, topic: str) -> dict | None:
 
 def test_shadow_rollout_scores_beside_the_active_model_then_ends_or_is_promoted(
         tmp_path, broker, data_dir):
-    key, pub = tmp_path / "k.key", tmp_path / "k.pub"
-    generate_keypair(key, pub)
-    b = tmp_path / "bundles"
-    v1 = variant(DEFAULT_BUNDLE, b / "v1", "shadow-1", key)
+    key, pub, v1 = first_bundle(tmp_path, "shadow-1")
 
     def float_edge(folder: Path, doc: dict) -> None:  # a different model: the float TFLite one
         doc["edge"] = {"file": "model_float.tflite", "quantization": "float32"}
-    v2 = variant(v1, b / "v2", "shadow-2", key, float_edge)
+    v2 = variant(v1, tmp_path / "bundles" / "v2", "shadow-2", key, float_edge)
     gw = "gw-shadow"
     cloud = Running(cloud_config(tmp_path, broker, v1, pub))
     http = cloud.http
