@@ -55,6 +55,17 @@ class RegistryConfig(Section):
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
 
+class RolloutsConfig(Section):
+    signing_key: Path | None = Field(
+        None, description="Ed25519 private key (PEM) that signs model announcements; its public "
+                          "half goes into the gateways' bundle.trusted_keys (or "
+                          "announcement_keys). Without it no rollout can start")
+    announcement_ttl: float = Field(
+        7 * 24 * 3600, gt=60, le=365 * 24 * 3600,
+        description="seconds an announcement stays valid; an offline gateway that comes back "
+                    "later refuses it and needs a new announcement (resume or a new rollout)")
+
+
 class ScoringConfig(Section):
     batch_max: int = Field(512, ge=1, le=65536, description="windows per model call at most")
     max_delay: float = Field(
@@ -101,6 +112,7 @@ class CloudConfig(FileSettings):
     store: StoreConfig = StoreConfig()
     bundle: BundleConfig = BundleConfig()
     registry: RegistryConfig = RegistryConfig()
+    rollouts: RolloutsConfig = RolloutsConfig()
     api_token: SecretStr = Field(
         description="bearer token for write and admin routes (set PDM_CLOUD_API_TOKEN)",
         min_length=16)

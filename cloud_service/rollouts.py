@@ -7,6 +7,10 @@ the gateways' own reports on `pdm/v1/{gateway}/update` (`downloading`, `verified
 consumer. Announcements are retained, so a gateway that is offline now picks its up when it
 reconnects. A "shadow" rollout has gateways run the model beside their active one without
 alerting; rolling it back withdraws the announcement, which ends the shadow run.
+
+Every announcement is signed (`contract.ota`) with `rollouts.signing_key`, names its gateway and
+carries its issue time and expiry, so a gateway acts only on what this service said, once, while
+it is fresh. Without a signing key no rollout starts.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from cloud_service.store import Store
 from contract import codec, topics
-from contract.payloads import ModelAnnouncement
+from contract.ota import sign_announcement
+from contract.versions import is_version
 
 # Steps after which a gateway may be running the new model: a rollback must tell it to go back.
 STARTED = ("downloading", "verified", "active")
@@ -50,9 +57,13 @@ def summary(targets: Sequence[dict]) -> dict[str, int]:
 
 
 class Rollouts:
-    def __init__(self, store: Store, publish: Publish) -> None:
+    def __init__(self, store: Store, publish: Publish,
+                 signing_key: Ed25519PrivateKey | None = None,
+                 ttl: float = 7 * 24 * 3600) -> None:
         self.store = store
         self.publish = publish
+        self.signing_key, self.ttl = signing_key, ttl
+        self._last_issued = 0.0
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -73,6 +84,11 @@ class Rollouts:
 
     def create(self, version: str, gateways: list[str] | None, percent: float | None,
                base_url: str, action: str = "install") -> dict:
+        self._check_signing()
+        if not is_version(version):
+            raise RolloutError(f"model {version!r} cannot be rolled out: gateways take only "
+                               "versions with a release number to order them by (such as "
+                               "fd001-1.2 or 2.0.0)", 422)
         model = self.store.model(version)
         if model is None:
             raise RolloutError(f"no model {version!r} is registered; upload it first "
@@ -115,6 +131,7 @@ class Rollouts:
         return self.view(rollout_id)
 
     def resume(self, rollout_id: str, base_url: str) -> dict:
+        self._check_signing()
         view = self._in_state(rollout_id, "paused", "resume")
         model = self._model(view["version"])
         steps = {t["gateway"]: self._announce(t["gateway"], model, view["action"], rollout_id,
@@ -126,13 +143,14 @@ class Rollouts:
     def rollback(self, rollout_id: str, base_url: str) -> dict:
         """Gateways that started the update go back to the version they ran before; the
         announcement is withdrawn from the others."""
+        self._check_signing()
         view = self.view(rollout_id)
         if view["state"] == "rolled-back":
             raise RolloutError(f"rollout {rollout_id} is already rolled back")
         # a shadow run never changed the active model: withdrawing its announcement ends it
         back = [t for t in view["targets"]
                 if t["step"] in STARTED and view["action"] != "shadow"]
-        missing = sorted(t["gateway"] for t in back if not t["from_version"]
+        missing = sorted(t["gateway"] for t in back if not is_version(t["from_version"])
                          or self.store.model(t["from_version"]) is None)
         if missing:
             raise RolloutError(
@@ -151,6 +169,19 @@ class Rollouts:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _check_signing(self) -> None:
+        if self.signing_key is None:
+            raise RolloutError(
+                "no rollouts.signing_key is configured, and gateways act only on signed "
+                "announcements: set it (or PDM_CLOUD_ROLLOUTS__SIGNING_KEY) to an Ed25519 "
+                "private key made with `python -m converter keygen`, whose public key the "
+                "gateways trust", 409)
+
+    def _issue_time(self) -> float:
+        # strictly increasing, so a gateway never takes two announcements for one replay
+        self._last_issued = max(time.time(), self._last_issued + 1e-3)
+        return self._last_issued
+
     def _in_state(self, rollout_id: str, state: str, verb: str) -> dict:
         view = self.view(rollout_id)
         if view["state"] != state:
@@ -166,11 +197,13 @@ class Rollouts:
 
     def _announce(self, gateway: str, model: dict, action: str, rollout_id: str,
                   base_url: str) -> tuple[str, str | None]:
-        ann = ModelAnnouncement(
-            action=action, version=model["version"],
+        assert self.signing_key is not None  # _check_signing ran first
+        issued = self._issue_time()
+        ann = sign_announcement(
+            self.signing_key, action=action, gateway=gateway, version=model["version"],
             url=f"{base_url.rstrip('/')}/api/v1/models/{model['version']}/bundle",
-            sha256=model["sha256"], size=model["size"], signature=model["signature"],
-            rollout_id=rollout_id)
+            sha256=model["sha256"], size=model["size"], rollout_id=rollout_id,
+            issued_at=issued, expires_at=issued + self.ttl)
         try:
             self.publish(topics.model(gateway), codec.encode_json(ann))
         except Exception as exc:

@@ -15,6 +15,7 @@ from cloud_service.registry import Registry
 from cloud_service.rollouts import Rollouts
 from cloud_service.scoring import Scorer
 from cloud_service.store import Inserted, SqliteStore
+from contract.bundle import load_private_key
 from contract.errors import ContractError
 from contract.manifest import Manifest
 
@@ -38,7 +39,10 @@ class Service:
         self.scorer: Scorer | None = None
         self.model_error: str | None = "model not loaded yet"
         self.consumer = Consumer(cfg, self.store, self.metrics, on_inserted=self._on_inserted)
-        self.rollouts = Rollouts(self.store, self.publish_retained)
+        key = cfg.rollouts.signing_key
+        self.rollouts = Rollouts(self.store, self.publish_retained,
+                                 load_private_key(key) if key else None,
+                                 cfg.rollouts.announcement_ttl)
         self._started = threading.Event()
 
     def start(self) -> None:

@@ -7,6 +7,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.versions import SAFE_NAME_PATTERN
+
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 KERAS_MODEL = "model.keras"
@@ -81,7 +83,7 @@ class Source(_Strict):
 
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
-    version: str = Field(pattern=r"^[A-Za-z0-9._+-]{1,64}$")
+    version: str = Field(pattern=SAFE_NAME_PATTERN)  # a folder name: never "." or ".."
     created: str
     source: Source
     features: list[str] = Field(min_length=1)

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from contract.errors import ContractError
 from contract.topics import check_id
+from contract.versions import release_of
 
 Id = Annotated[str, AfterValidator(lambda v: check_id(v))]
 MAX_TICKS_PER_BATCH = 10_000
@@ -45,6 +46,11 @@ def _finite(v: float | None) -> float | None:
 
 
 Finite = Annotated[float, AfterValidator(_finite)]
+
+
+def _ordered_version(v: str) -> str:
+    release_of(v)  # raises with the pattern when v is no orderable version (e.g. "..")
+    return v
 
 
 class AlertEvent(_Json):
@@ -100,16 +106,31 @@ class GatewayStatus(_Json):
 
 
 class ModelAnnouncement(_Json):
-    """Retained on `.../model`: which bundle a gateway should run (or roll back to)."""
+    """Retained on `.../model`: which bundle a gateway should run (or roll back to).
+
+    Signed by the cloud (`contract.ota`): `signature` is Ed25519 by the key `key_id` over the
+    canonical JSON of every other field, so the action, the URL and the version are the
+    cloud's, the gateway it names is the only one that takes it, and `issued_at`/`expires_at`
+    let a gateway refuse a stale or replayed one."""
 
     schema_version: Literal[1] = 1
     action: Literal["install", "rollback", "shadow"] = "install"
-    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._+-]+$")
+    gateway: Id
+    version: Annotated[str, AfterValidator(_ordered_version)]
     url: str = Field(min_length=1, max_length=2048)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(gt=0)
-    signature: str = Field(min_length=1, max_length=200)
     rollout_id: str | None = Field(default=None, max_length=64)
+    issued_at: Finite = Field(gt=0)
+    expires_at: Finite = Field(gt=0)
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature: str = Field(min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _lifetime(self) -> ModelAnnouncement:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        return self
 
 
 class UpdateReport(_Json):

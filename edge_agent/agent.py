@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contract import codec, topics
-from contract.bundle import verify_bundle
+from contract.bundle import PublicKeyLike, verify_bundle
 from contract.errors import ContractError
 from contract.manifest import Manifest
+from contract.ota import KeyRing
 from contract.payloads import AlertEvent, GatewayStatus, UplinkBatch
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, CmapssSource, CsvSource, MqttSource
@@ -30,13 +31,32 @@ from edge_agent.scorer import Scorer
 from edge_agent.sources import mqtt_input
 from edge_agent.sources.replay import CsvReplay, Replay, cmapss_streams
 from edge_agent.transport import Transport, make_transport
-from edge_agent.updater import BundleStore, Candidate, UpdateError, Updater
+from edge_agent.updater import (
+    BundleStore,
+    Candidate,
+    DownloadPolicy,
+    OtaPolicy,
+    UpdateError,
+    Updater,
+)
 
 log = logging.getLogger("edge_agent")
 ACK_TIMEOUT = 10.0
 
 
-def load_bundle(store: BundleStore, trusted_keys: list[Path]) -> tuple[Manifest, Path]:
+def ota_policy(cfg: AgentConfig) -> OtaPolicy:
+    """The update policy the configuration asks for (keys minus revoked ones, download rules)."""
+    b = cfg.bundle
+    token = b.download_token.get_secret_value() if b.download_token else None
+    return OtaPolicy(
+        bundle_keys=KeyRing(b.trusted_keys, b.revoked_keys),
+        announcement_keys=KeyRing(b.announcement_keys or b.trusted_keys, b.revoked_keys),
+        downloads=DownloadPolicy(b.model_server, token, b.allow_file_urls),
+        max_clock_skew=b.max_clock_skew)
+
+
+def load_bundle(store: BundleStore,
+                trusted_keys: list[PublicKeyLike]) -> tuple[Manifest, Path]:
     """The active bundle (the last update, else the shipped one), verified."""
     path = store.active()
     try:
@@ -55,7 +75,8 @@ class Agent:
         self.metrics = AgentMetrics()
         state_dir = cfg.bundle.state_dir or Path(cfg.outbox.path).parent / "bundles"
         self.store = BundleStore(state_dir, Path(cfg.bundle.path))
-        self.manifest, bundle_path = load_bundle(self.store, cfg.bundle.trusted_keys)
+        self.manifest, bundle_path = load_bundle(
+            self.store, KeyRing(cfg.bundle.trusted_keys, cfg.bundle.revoked_keys).usable())
         self.scorer = Scorer(bundle_path / self.manifest.edge.file, self.manifest)
         esc = cfg.escalation
         self.pipeline = Pipeline(self.gateway, self.manifest, self.scorer, cfg.thresholds,
@@ -84,14 +105,13 @@ class Agent:
         self.uplink: Transport = self.local if same else make_transport(
             cfg.uplink_broker, self._client_id("uplink"), will)
         self._build_sources()
-        token = cfg.bundle.download_token
         self.updater = Updater(
-            self.gateway, self.store, cfg.bundle.trusted_keys,
-            token.get_secret_value() if token else None,
+            self.gateway, self.store, ota_policy(cfg),
             current=lambda: (self.manifest, self.scorer, self.manifest.version),
             held_windows=self.pipeline.held_windows, swap=self.swap, shadow=self.shadow,
             publish=lambda topic, payload: self.uplink.publish(topic, payload),
-            stop=self.stopping)
+            stop=self.stopping,
+            refused=lambda kind: self.metrics.updates_refused.labels(kind).inc())
         self.uplink.subscribe(topics.model(self.gateway), self.updater.on_message)
         if esc.enabled:
             self.uplink.subscribe(topics.subscription("cloud-alert", self.gateway),

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from contract.manifest import Thresholds
@@ -58,8 +58,29 @@ class BundleConfig(Section):
         default_factory=lambda: [Path("models/default_signing_key.pub")])
     state_dir: Path | None = Field(
         None, description="where downloaded bundles are kept; default: next to the outbox")
-    download_token: SecretStr | None = Field(None, description="bearer token for bundle URLs")
+    revoked_keys: list[str] = Field(
+        default_factory=list, description="keys refused even when trusted: 16-hex-digit "
+                                          "fingerprints or paths of PEM public keys")
+    announcement_keys: list[Path] = Field(
+        default_factory=list, description="keys that may sign model announcements (the cloud's); "
+                                          "default: the trusted_keys")
+    download_token: SecretStr | None = Field(
+        None, description="bearer token for bundle URLs; sent only to model_server")
+    model_server: str | None = Field(
+        None, pattern=r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$",
+        description="origin (scheme://host[:port]) bundles are downloaded from; other origins "
+                    "are refused")
+    allow_file_urls: bool = Field(False, description="accept file:// bundle URLs (tests only)")
+    max_clock_skew: float = Field(
+        300.0, ge=0, description="seconds an announcement's issue time may be ahead of ours")
     max_download_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _token_needs_server(self) -> BundleConfig:
+        if self.download_token is not None and self.model_server is None:
+            raise ValueError("download_token needs model_server: the token is sent only to "
+                             "that origin")
+        return self
 
 
 class OutboxConfig(Section):

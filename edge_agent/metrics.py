@@ -43,6 +43,10 @@ class AgentMetrics:
             "pdm_edge_escalated_decisions", "Escalated windows decided with adopt_cloud_verdict "
             "on, by basis: cloud (verdict in time) or edge (deadline passed)", ["basis"],
             registry=r)
+        self.updates_refused = Counter(
+            "pdm_edge_model_updates_refused", "Model announcements and updates refused, by "
+            "reason (bad-signature, revoked-key, expired, replayed, downgrade, url, hash, "
+            "bundle, malformed, ...)", ["reason"], registry=r)
         self.model = Gauge("pdm_edge_model_info", "Active model version", ["version"], registry=r)
         self.shadow = Gauge("pdm_edge_shadow_model_info", "Model scoring in shadow (never "
                             "alerting), if any", ["version"], registry=r)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import yaml
 
 from contract import codec, topics
 from contract.bundle import generate_keypair
-from contract.manifest import MANIFEST, SIGNATURE
+from contract.manifest import MANIFEST
+from contract.ota import sign_announcement
 from contract.payloads import ModelAnnouncement, UpdateReport
 from tests.conftest import DEFAULT_BUNDLE
 from tests.support.bundles import flip_byte, tar, variant
@@ -27,12 +29,15 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").exists(),
 class BundleServer:
     """Serves bundle tars over real HTTP; requires the bearer token."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, signing_key: Path, gateway: str = GW) -> None:
         self.files: dict[str, bytes] = {}
-        files = self.files
+        self.requests: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self.signing_key, self.gateway = signing_key, gateway
+        files, requests = self.files, self.requests
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
+                requests.append((self.path, self.headers.get("Authorization")))
                 if self.headers.get("Authorization") != f"Bearer {token}":
                     self.send_error(401)
                     return
@@ -51,15 +56,26 @@ class BundleServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def announce(self, name: str, folder: Path, action: str = "install") -> ModelAnnouncement:
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def announce(self, name: str, folder: Path, action: str = "install",
+                 **over: object) -> ModelAnnouncement:
+        """Serve `folder` as `/<name>.tar` and sign an announcement of it (fields in `over`
+        replace the defaults before signing)."""
         data = tar(folder)
         self.files[f"/{name}.tar"] = data
         version = json.loads((folder / MANIFEST).read_text())["version"]
-        return ModelAnnouncement(
-            action=action, version=version,
-            url=f"http://127.0.0.1:{self.httpd.server_port}/{name}.tar",
-            sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-            signature=(folder / SIGNATURE).read_text().strip(), rollout_id="r1")
+        now = time.time()
+        fields = dict(action=action, gateway=self.gateway, version=version,
+                      url=f"{self.origin}/{name}.tar", sha256=hashlib.sha256(data).hexdigest(),
+                      size=len(data), rollout_id="r1", issued_at=now, expires_at=now + 600)
+        return sign_announcement(self.signing_key, **{**fields, **over})
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def test_signed_update_is_verified_self_tested_and_swapped_without_gaps(
@@ -70,7 +86,6 @@ def test_signed_update_is_verified_self_tested_and_swapped_without_gaps(
     generate_keypair(other_key, other_pub)
     b = tmp_path / "bundles"
     base = variant(DEFAULT_BUNDLE, b / "v1", "v1", key)
-    good = variant(base, b / "v2", "v2", key)
     tampered = variant(base, b / "t", "v3", key)
     flip_byte(tampered / json.loads((base / MANIFEST).read_text())["edge"]["file"])
     untrusted = variant(base, b / "u", "v4", other_key)
@@ -84,15 +99,16 @@ def test_signed_update_is_verified_self_tested_and_swapped_without_gaps(
         doc["thresholds"]["decision"] = 1e-7  # below any healthy window's probability: all "fail"
 
     disagreeing = variant(base, b / "d", "v6", key, change=eager)
+    good = variant(base, b / "v7", "v7", key)  # above every refused one: versions only go up
 
-    server = BundleServer("tok")
+    server = BundleServer("tok", key)
     units = [31, 34]
     cfg = {
         "gateway_id": GW, "broker": {"host": broker.host, "port": broker.port},
         "sources": [{"type": "cmapss", "file": str(data_dir / "test_FD001.txt"),
                      "units": units, "rate": 25}],
         "bundle": {"path": str(base), "trusted_keys": [str(pub)], "download_token": "tok",
-                   "state_dir": str(tmp_path / "state")},
+                   "model_server": server.origin, "state_dir": str(tmp_path / "state")},
         "outbox": {"path": str(tmp_path / "outbox.db"), "batch_max_age": 0.2},
     }
     config = tmp_path / "agent.yaml"
@@ -120,7 +136,7 @@ def test_signed_update_is_verified_self_tested_and_swapped_without_gaps(
     assert "cannot load the edge model" in announce_and_wait("x", broken, "failed").reason
     assert "self-test" in announce_and_wait("d", disagreeing, "failed").reason
     announce_and_wait("g", good, "active")
-    steps = [r.step for r in reports() if r.version == "v2"]
+    steps = [r.step for r in reports() if r.version == "v7"]
     assert steps == ["downloading", "verified", "active"]
     finish(agent)
 
@@ -137,8 +153,13 @@ def test_signed_update_is_verified_self_tested_and_swapped_without_gaps(
             by_asset.setdefault(batch.asset, {})[s] = batch.model_version
     for asset, versions in by_asset.items():
         ordered = [versions[s] for s in sorted(versions)]
-        switch = ordered.index("v2")
-        assert set(ordered[:switch]) == {"v1"} and set(ordered[switch:]) == {"v2"}, asset
-    state = json.loads((tmp_path / "state" / "bundles" / ".." / "active.json").read_text())
-    assert state == {"active": "v2", "previous": "v1"}
+        switch = ordered.index("v7")
+        assert set(ordered[:switch]) == {"v1"} and set(ordered[switch:]) == {"v7"}, asset
+    state = json.loads((tmp_path / "state" / "active.json").read_text())
+    assert {k: state[k] for k in ("active", "previous", "highest")} == {
+        "active": "v7", "previous": "v1", "highest": "v7"}
+    # the refused bundles were removed; the token went with every download, to the server only
+    assert sorted(p.name for p in (tmp_path / "state" / "bundles").iterdir()) == ["v7"]
+    assert server.requests and all(auth == "Bearer tok" for _, auth in server.requests)
     rec.close()
+    server.close()
