@@ -286,9 +286,10 @@ class Updater(threading.Thread):
         except ContractError as exc:
             self.refuse_malformed(payload, exc)
             return
-        # Retained messages come again at every reconnect; each signed announcement is new.
-        if ann.signature != self.last_seen:
-            self.last_seen = ann.signature
+        # Retained messages come again, byte for byte, at every reconnect.
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest != self.last_seen:
+            self.last_seen = digest
             self.inbox.put(ann)
 
     def refuse_malformed(self, payload: bytes, exc: ContractError) -> None:

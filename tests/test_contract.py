@@ -88,12 +88,15 @@ asset_states = st.builds(AssetState, gateway=ids, asset=ids, state=states, proba
                          seq=st.integers(0, 2**53), tick_time=finite, since=finite)
 statuses = st.builds(GatewayStatus, gateway=ids, online=st.booleans(), time=finite,
                      model_version=st.none() | versions)
+ordered_versions = st.from_regex(
+    r"([a-z][a-z0-9]{0,8}-){0,2}v?[0-9]{1,9}(\.[0-9]{1,9}){0,3}", fullmatch=True)
 announcements = st.builds(
     ModelAnnouncement, action=st.sampled_from(["install", "rollback", "shadow"]),
-    version=versions, url=st.just("https://cloud.example/models/v1.tar"),
+    gateway=ids, version=ordered_versions, url=st.just("https://cloud.example/models/v1.tar"),
     sha256=st.from_regex(r"[0-9a-f]{64}", fullmatch=True), size=st.integers(1, 2**40),
-    signature=st.from_regex(r"[A-Za-z0-9+/]{10,88}", fullmatch=True),
-    rollout_id=st.none() | ids)
+    rollout_id=st.none() | ids, issued_at=st.floats(1, 2e9),
+    expires_at=st.floats(2e9 + 1, 4e9), key_id=st.from_regex(r"[0-9a-f]{16}", fullmatch=True),
+    signature=st.from_regex(r"[A-Za-z0-9+/]{10,88}", fullmatch=True))
 reports = st.builds(UpdateReport, gateway=ids, version=versions,
                     step=st.sampled_from(["downloading", "verified", "active", "failed"]),
                     reason=st.none() | st.text(max_size=100), time=finite)

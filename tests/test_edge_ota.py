@@ -32,12 +32,18 @@ class BundleServer:
     def __init__(self, token: str, signing_key: Path, gateway: str = GW) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self.redirects: dict[str, str] = {}  # path -> where to send the client instead
         self.signing_key, self.gateway = signing_key, gateway
-        files, requests = self.files, self.requests
+        files, requests, redirects = self.files, self.requests, self.redirects
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 requests.append((self.path, self.headers.get("Authorization")))
+                if self.path in redirects:
+                    self.send_response(302)
+                    self.send_header("Location", redirects[self.path])
+                    self.end_headers()
+                    return
                 if self.headers.get("Authorization") != f"Bearer {token}":
                     self.send_error(401)
                     return

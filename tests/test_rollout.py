@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cloud_service.config import RolloutsConfig
 from contract import codec, topics
 from contract.bundle import generate_keypair
 from contract.payloads import AlertEvent, GatewayStatus
@@ -31,7 +32,7 @@ GATEWAYS = ["gw-a", "gw-b"]
 
 
 def agent_config(tmp_path: Path, broker, data_dir: Path, gateway: str, bundle: Path,
-                 pub: Path, rate: float = 6) -> Path:
+                 pub: Path, model_server: str, rate: float = 6) -> Path:
     work = tmp_path / gateway
     work.mkdir()
     cfg = {
@@ -40,7 +41,7 @@ def agent_config(tmp_path: Path, broker, data_dir: Path, gateway: str, bundle: P
         "sources": [{"type": "cmapss", "file": str(data_dir / "test_FD001.txt"),
                      "units": UNITS, "rate": rate}],
         "bundle": {"path": str(bundle), "trusted_keys": [str(pub)], "download_token": TOKEN,
-                   "state_dir": str(work / "state")},
+                   "model_server": model_server, "state_dir": str(work / "state")},
         "outbox": {"path": str(work / "outbox.db"), "batch_max_age": 0.2},
     }
     path = work / "agent.yaml"
@@ -55,6 +56,13 @@ def first_bundle(tmp_path: Path, version: str) -> tuple[Path, Path, Path]:
     return key, pub, variant(DEFAULT_BUNDLE, tmp_path / "bundles" / "v1", version, key)
 
 
+def signing_cloud(tmp_path: Path, broker, bundle: Path, pub: Path, key: Path) -> Running:
+    """The cloud service, signing its announcements with `key` (the gateways trust its public
+    half, as they do for bundles)."""
+    cfg = cloud_config(tmp_path, broker, bundle, pub)
+    return Running(cfg.model_copy(update={"rollouts": RolloutsConfig(signing_key=key)}))
+
+
 def test_canary_then_fleet_rollout_refused_download_pause_resume_and_rollback(
         tmp_path, broker, data_dir):
     key, pub, v1 = first_bundle(tmp_path, "rollout-1")
@@ -62,9 +70,10 @@ def test_canary_then_fleet_rollout_refused_download_pause_resume_and_rollback(
     v2 = variant(v1, b / "v2", "rollout-2", key)
     v3 = variant(v1, b / "v3", "rollout-3", key)
 
-    cloud = Running(cloud_config(tmp_path, broker, v1, pub))  # scores with v1, registers it
+    cloud = signing_cloud(tmp_path, broker, v1, pub, key)  # scores with v1, registers it
     http = cloud.http
-    agents = {g: start_agent(agent_config(tmp_path, broker, data_dir, g, v1, pub))
+    agents = {g: start_agent(agent_config(tmp_path, broker, data_dir, g, v1, pub,
+                                          cloud.server.url))
               for g in GATEWAYS}
     try:
         wait_until(lambda: {g["gateway"] for g in http.get("/api/v1/gateways").json()
@@ -190,10 +199,11 @@ def test_shadow_rollout_scores_beside_the_active_model_then_ends_or_is_promoted(
         doc["edge"] = {"file": "model_float.tflite", "quantization": "float32"}
     v2 = variant(v1, tmp_path / "bundles" / "v2", "shadow-2", key, float_edge)
     gw = "gw-shadow"
-    cloud = Running(cloud_config(tmp_path, broker, v1, pub))
+    cloud = signing_cloud(tmp_path, broker, v1, pub, key)
     http = cloud.http
     alerts = Recorder(broker.host, broker.port, [topics.subscription("alert", gw)])
-    agent = start_agent(agent_config(tmp_path, broker, data_dir, gw, v1, pub, rate=8))
+    agent = start_agent(agent_config(tmp_path, broker, data_dir, gw, v1, pub,
+                                     cloud.server.url, rate=8))
     want = {f"engine-{u}": n for u, n in unit_lengths(data_dir).items() if u in UNITS}
 
     def steps(rollout_id: str) -> dict[str, str]:
