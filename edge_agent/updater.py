@@ -322,7 +322,7 @@ class Updater(threading.Thread):
                 ann = self.inbox.get(timeout=0.5)
             except queue.Empty:
                 continue
-            authentic = False
+            authentic, settled = False, True
             try:
                 authentic = self.authenticate(ann)
                 if authentic:
@@ -333,14 +333,15 @@ class Updater(threading.Thread):
                     log.exception("stopping the shadow model failed")
                     continue
                 kind = getattr(exc, "kind", "failed")
+                settled = kind != "download"  # the network may be back after a restart
                 if not isinstance(exc, (UpdateError, AnnouncementRefused)):
                     log.exception("update to %s failed", ann.version)
                     exc = f"unexpected error: {exc}"
                 self.refused(kind)
                 self.report(ann, "failed", str(exc), authentic)
             finally:
-                if authentic and ann is not None:
-                    self.store.accept(ann)  # the replay guard moves on, whatever the outcome
+                if authentic and settled and ann is not None:
+                    self.store.accept(ann)  # the replay guard moves on once the outcome is final
 
     def authenticate(self, ann: ModelAnnouncement | None) -> bool:
         """True: a signed, fresh announcement to act on (None, a withdrawal, passes too).

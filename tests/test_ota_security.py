@@ -23,6 +23,7 @@ from contract.errors import ContractError
 from contract.ota import KeyRing, announcement_bytes, canonical_json, sign_announcement
 from contract.payloads import ModelAnnouncement, UpdateReport
 from contract.versions import is_newer, is_version
+from edge_agent.config import ConfigError, load_config
 from edge_agent.metrics import AgentMetrics
 from edge_agent.scorer import Scorer
 from edge_agent.updater import BundleStore, Candidate, DownloadPolicy, OtaPolicy, Updater
@@ -418,3 +419,14 @@ def test_the_cloud_starts_no_rollout_without_a_signing_key(tmp_path):
         assert published == []
     finally:
         store.close()
+
+
+def test_the_download_token_needs_a_model_server_in_the_configuration(tmp_path):
+    with pytest.raises(ConfigError, match="model_server"):
+        load_config(None, gateway_id=GW, bundle={"download_token": "secret-token"})
+    with pytest.raises(ConfigError, match="model_server"):
+        load_config(None, gateway_id=GW, bundle={"model_server": "https://cloud/path",
+                                                 "download_token": "secret-token"})
+    cfg = load_config(None, gateway_id=GW, bundle={"model_server": "https://cloud:8443",
+                                                   "download_token": "secret-token"})
+    assert cfg.bundle.model_server == "https://cloud:8443"
