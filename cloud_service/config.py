@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from contract.bundle import load_private_key
 from contract.codec import DEFAULT_MAX_PAYLOAD
 from contract.settings import ConfigError as ConfigError  # re-exported for callers
 from contract.settings import FileSettings, Section, TlsConfig, load_settings
@@ -64,6 +65,13 @@ class RolloutsConfig(Section):
         7 * 24 * 3600, gt=60, le=365 * 24 * 3600,
         description="seconds an announcement stays valid; an offline gateway that comes back "
                     "later refuses it and needs a new announcement (resume or a new rollout)")
+
+    @field_validator("signing_key")
+    @classmethod
+    def _readable_key(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            load_private_key(v)  # a missing or wrong key is a config error, not a failed rollout
+        return v
 
 
 class ScoringConfig(Section):

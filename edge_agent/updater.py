@@ -152,7 +152,8 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect could carry the download to another origin: the model server must serve the
     bundle at the announced URL itself."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+    def redirect_request(self, req: urllib.request.Request, fp: object, code: int, msg: str,
+                         headers: object, newurl: str) -> urllib.request.Request | None:
         raise UpdateError(f"the model server answered {code} redirecting to {newurl}; "
                           "redirects are not followed", "url")
 

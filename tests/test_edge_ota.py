@@ -106,6 +106,7 @@ def test_signed_update_is_verified_self_tested_and_swapped_without_gaps(
 
     disagreeing = variant(base, b / "d", "v6", key, change=eager)
     good = variant(base, b / "v7", "v7", key)  # above every refused one: versions only go up
+    older = variant(base, b / "v2", "v2", key)
 
     server = BundleServer("tok", key)
     units = [31, 34]
@@ -144,6 +145,7 @@ def test_signed_update_is_verified_self_tested_and_swapped_without_gaps(
     announce_and_wait("g", good, "active")
     steps = [r.step for r in reports() if r.version == "v7"]
     assert steps == ["downloading", "verified", "active"]
+    assert "not newer than v7" in announce_and_wait("o", older, "failed").reason
     finish(agent)
 
     want = expected_seqs(data_dir, units)

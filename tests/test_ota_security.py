@@ -430,3 +430,16 @@ def test_the_download_token_needs_a_model_server_in_the_configuration(tmp_path):
     cfg = load_config(None, gateway_id=GW, bundle={"model_server": "https://cloud:8443",
                                                    "download_token": "secret-token"})
     assert cfg.bundle.model_server == "https://cloud:8443"
+
+
+def test_a_missing_or_wrong_announcement_key_is_a_config_error(tmp_path, keys):
+    from cloud_service.config import ConfigError as CloudConfigError
+    from cloud_service.config import load_config as load_cloud_config
+
+    base = {"api_token": "t" * 16}
+    with pytest.raises(CloudConfigError, match="rollouts.signing_key.*cannot read"):
+        load_cloud_config(None, **base, rollouts={"signing_key": str(tmp_path / "none.key")})
+    with pytest.raises(CloudConfigError, match="rollouts.signing_key"):
+        load_cloud_config(None, **base, rollouts={"signing_key": str(keys["cloud"][1])})
+    cfg = load_cloud_config(None, **base, rollouts={"signing_key": str(keys["cloud"][0])})
+    assert cfg.rollouts.signing_key == keys["cloud"][0]
