@@ -23,6 +23,7 @@ _VERSION = re.compile(VERSION_PATTERN)
 # A bundle's own manifest may carry any safe folder name (tools and tests use names such as
 # `tiny-bad`); only versions that travel in announcements must also be ordered.
 SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+_SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
 
 
 def release_of(version: str) -> Version:
@@ -39,6 +40,11 @@ def release_of(version: str) -> Version:
 def is_version(version: str) -> bool:
     return (isinstance(version, str) and len(version) <= MAX_VERSION_LENGTH
             and _VERSION.fullmatch(version) is not None)
+
+
+def is_safe_name(version: str) -> bool:
+    """Usable as one folder name: no path separator, never `.` or `..`, nothing hidden."""
+    return isinstance(version, str) and _SAFE_NAME.fullmatch(version) is not None
 
 
 def is_newer(candidate: str, than: str) -> bool:

@@ -28,7 +28,6 @@ import queue
 import shutil
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from contract.errors import ContractError
 from contract.manifest import Manifest
 from contract.ota import AnnouncementRefused, KeyRing, verify_announcement
 from contract.payloads import ModelAnnouncement, UpdateReport
-from contract.versions import highest, is_newer, is_version
+from contract.versions import highest, is_newer, is_safe_name
 from edge_agent.scorer import ModelLoadError, Scorer
 
 log = logging.getLogger(__name__)
@@ -82,8 +81,8 @@ class BundleStore:
 
     def folder(self, version: str) -> Path:
         """The folder of an installed version; never anything but a child of `root`."""
-        if not is_version(version):
-            raise UpdateError(f"version {version!r} is not a valid version", "bad-version")
+        if not is_safe_name(version):  # announced versions match the stricter pattern too
+            raise UpdateError(f"version {version!r} cannot name a folder", "bad-version")
         return self.root / version
 
     def path_of(self, version: str | None) -> Path:

@@ -26,7 +26,14 @@ from contract.versions import is_newer, is_version
 from edge_agent.config import ConfigError, load_config
 from edge_agent.metrics import AgentMetrics
 from edge_agent.scorer import Scorer
-from edge_agent.updater import BundleStore, Candidate, DownloadPolicy, OtaPolicy, Updater
+from edge_agent.updater import (
+    BundleStore,
+    Candidate,
+    DownloadPolicy,
+    OtaPolicy,
+    UpdateError,
+    Updater,
+)
 from tests.conftest import DEFAULT_BUNDLE
 from tests.support.bundles import flip_byte, variant
 from tests.test_edge_ota import BundleServer
@@ -443,3 +450,14 @@ def test_a_missing_or_wrong_announcement_key_is_a_config_error(tmp_path, keys):
         load_cloud_config(None, **base, rollouts={"signing_key": str(keys["cloud"][1])})
     cfg = load_cloud_config(None, **base, rollouts={"signing_key": str(keys["cloud"][0])})
     assert cfg.rollouts.signing_key == keys["cloud"][0]
+
+
+def test_the_bundle_store_builds_no_path_outside_its_folder(tmp_path, bundles):
+    store = BundleStore(tmp_path / "state", bundles["1.0.0"])
+    store.activate("1.0.0", previous="1.0.0")
+    for version in ("..", ".", "../state", "a/b", ".hidden"):
+        with pytest.raises(UpdateError, match="cannot name a folder"):
+            store.install(version, b"")
+        with pytest.raises(UpdateError):
+            store.discard(version)
+    assert store.state_file.is_file() and store.root.is_dir()
