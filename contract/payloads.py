@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from contract.errors import ContractError
 from contract.topics import check_id
-from contract.versions import release_of
+from contract.versions import OrderedVersion
 
 Id = Annotated[str, AfterValidator(lambda v: check_id(v))]
 MAX_TICKS_PER_BATCH = 10_000
@@ -46,11 +46,6 @@ def _finite(v: float | None) -> float | None:
 
 
 Finite = Annotated[float, AfterValidator(_finite)]
-
-
-def _ordered_version(v: str) -> str:
-    release_of(v)  # raises with the pattern when v is no orderable version (e.g. "..")
-    return v
 
 
 class AlertEvent(_Json):
@@ -116,7 +111,7 @@ class ModelAnnouncement(_Json):
     schema_version: Literal[1] = 1
     action: Literal["install", "rollback", "shadow"] = "install"
     gateway: Id
-    version: Annotated[str, AfterValidator(_ordered_version)]
+    version: OrderedVersion
     url: str = Field(min_length=1, max_length=2048)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(gt=0)

@@ -10,8 +10,10 @@ optional line name and a release number: `fd001-1.0`, `fd001-20261201`, `rollout
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from packaging.version import Version
+from pydantic import AfterValidator
 
 from contract.errors import ContractError
 
@@ -56,3 +58,11 @@ def highest(versions: list[str]) -> str | None:
     """The version with the highest release among those that have one (None: none has)."""
     ordered = [v for v in versions if is_version(v)]
     return max(ordered, key=release_of) if ordered else None
+
+
+def _ordered(version: str) -> str:
+    release_of(version)  # raises, naming the pattern, for "..", "a/b", "tiny-bad"...
+    return version
+
+
+OrderedVersion = Annotated[str, AfterValidator(_ordered)]
