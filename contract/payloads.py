@@ -39,7 +39,7 @@ MAX_FEATURE_NAME = 64
 TIME_MIN, TIME_MAX = 0.0, 4_102_444_800.0
 
 
-def _integer(v: object) -> object:
+def _integer(v: object) -> int:
     # Lax pydantic reads True as 1 and 3.0 as 3; a seq must be a real integer.
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise ValueError(f"must be an integer, not {type(v).__name__}")
