@@ -94,8 +94,17 @@ class DeadLetterConfig(Section):
 
 
 class HttpConfig(Section):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="loopback unless told otherwise; a container "
+                                               "binds 0.0.0.0 (deploy/docker/cloud.yaml)")
     port: int = Field(8000, ge=0, le=65535)
+
+
+class ApiConfig(Section):
+    read_token: SecretStr | None = Field(
+        None, min_length=16,
+        description="when set, the read routes under /api/v1 need this bearer token (or "
+                    "api_token); /healthz, /readyz, /metrics and the docs stay open "
+                    "(PDM_CLOUD_API__READ_TOKEN)")
 
 
 class LogConfig(Section):
@@ -122,8 +131,10 @@ class CloudConfig(FileSettings):
     registry: RegistryConfig = RegistryConfig()
     rollouts: RolloutsConfig = RolloutsConfig()
     api_token: SecretStr = Field(
-        description="bearer token for write and admin routes (set PDM_CLOUD_API_TOKEN)",
+        description="bearer token for write and admin routes, also good for reads (set "
+                    "PDM_CLOUD_API_TOKEN)",
         min_length=16)
+    api: ApiConfig = ApiConfig()
     scoring: ScoringConfig = ScoringConfig()
     ingest: IngestConfig = IngestConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()

@@ -55,7 +55,7 @@ def cloud_config(tmp_path: Path, mosquitto, bundle_path: Path, pub: Path,
         "http": {"host": "127.0.0.1", "port": free_port()},
     }
     for key, value in over.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return CloudConfig(**data)
 
 
