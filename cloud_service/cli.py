@@ -84,6 +84,22 @@ def pki_gateway(
     typer.echo(f"wrote {identity.cert} and {identity.key} (0600)")
 
 
+@pki_app.command("revoke")
+def pki_revoke(
+    name: str = typer.Argument(..., help="the gateway id whose certificate is revoked"),
+    folder: Path = typer.Argument(..., help="the folder `pki init` wrote"),
+) -> None:
+    """Revoke a gateway's certificate: add it to FOLDER/crl.pem (the broker's crlfile; reload
+    the broker with SIGHUP or a restart)."""
+    try:
+        count = pki.revoke_gateway(folder, name)
+    except (pki.PkiError, OSError) as exc:
+        typer.echo(f"pki revoke: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"revoked {name}: {folder / 'crl.pem'} now lists {count} certificate(s); "
+               "reload the broker (SIGHUP) to apply it")
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

@@ -9,6 +9,7 @@ to the certificate names the topics the policy allows.
 Layout of a PKI folder (the CA key never leaves it; hand each process only its own files):
 
     ca.crt  ca.key                 the CA (keep ca.key offline once the gateways are issued)
+    crl.pem                        the revoked certificates (`pki revoke`), signed by the CA
     broker.crt  broker.key         the broker's server certificate (SANs: localhost, 127.0.0.1,
                                    and the --host names)
     cloud.crt  cloud.key           the cloud service's client certificate (CN pdm-cloud)
@@ -68,6 +69,10 @@ class PkiLayout:
     @property
     def cloud(self) -> Identity:
         return Identity(self.folder / "cloud.crt", self.folder / "cloud.key")
+
+    @property
+    def crl(self) -> Path:
+        return self.folder / "crl.pem"
 
     def gateway(self, name: str) -> Identity:
         folder = self.folder / "gateways"
@@ -194,7 +199,54 @@ def init_pki(folder: Path, hosts: list[str] | None = None, cloud_name: str = CLO
     _write(layout.ca, ca_cert, ca_key)
     _write(layout.broker, broker_cert, broker_key)
     _write(layout.cloud, cloud_cert, cloud_key)
+    # An empty CRL from the start, so the broker's crlfile is always there to point at.
+    _write_crl(layout, ca_cert, ca_key, [])
     return layout
+
+
+def _write_crl(layout: PkiLayout, ca_cert: x509.Certificate,
+               ca_key: ec.EllipticCurvePrivateKey,
+               revoked: list[x509.RevokedCertificate]) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(now - dt.timedelta(minutes=10))
+               # OpenSSL refuses every client once the CRL is past its next update, so it is
+               # valid as long as the CA; a revocation re-signs it.
+               .next_update(ca_cert.not_valid_after_utc))
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    tmp = layout.crl.with_suffix(".tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp.chmod(0o644)
+    tmp.replace(layout.crl)  # atomic: a broker reloading never reads half a file
+
+
+def revoke_gateway(folder: Path, name: str) -> int:
+    """Add a gateway's certificate to the CA's CRL (the broker's `crlfile`); returns the
+    number of revoked certificates. The certificate file stays, renamed `.revoked`, so the
+    id can be issued again with a new key."""
+    try:
+        check_id(name, "gateway id")
+    except ContractError as exc:
+        raise PkiError(str(exc)) from None
+    layout = PkiLayout(folder)
+    ca_cert, ca_key = _load_ca(layout)
+    identity = layout.gateway(name)
+    if not identity.cert.exists():
+        raise PkiError(f"no certificate for gateway {name!r} in {folder}")
+    cert = x509.load_pem_x509_certificate(identity.cert.read_bytes())
+    revoked: list[x509.RevokedCertificate] = []
+    if layout.crl.exists():
+        revoked = list(x509.load_pem_x509_crl(layout.crl.read_bytes()))
+    if all(r.serial_number != cert.serial_number for r in revoked):
+        revoked.append(x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+                       .revocation_date(dt.datetime.now(dt.timezone.utc)).build())
+    _write_crl(layout, ca_cert, ca_key, revoked)
+    for path in (identity.cert, identity.key):
+        if path.exists():
+            path.replace(path.with_name(f"{path.name}.{cert.serial_number:x}.revoked"))
+    return len(revoked)
 
 
 def issue_gateway(folder: Path, name: str, days: int = LEAF_DAYS) -> Identity:

@@ -243,6 +243,40 @@ def test_clients_without_our_certificate_are_refused(shipped, pki_dir, foreign_p
     assert not let_in, f"the broker let in: {sorted(let_in)}"
 
 
+def test_a_revoked_gateway_is_refused(tmp_path):
+    folder = tmp_path / "pki"
+    assert pki_cli("init", folder).returncode == 0
+    for name in ("gw-a", "gw-b"):
+        assert pki_cli("gateway", name, folder).returncode == 0
+    gw_b = PkiLayout(folder).gateway("gw-b")
+    cert, key = tmp_path / "gw-b.crt", tmp_path / "gw-b.key"  # what the gateway still holds
+    cert.write_bytes(gw_b.cert.read_bytes())
+    key.write_bytes(gw_b.key.read_bytes())
+    broker = Mosquitto(tmp_path / "broker", shipped_pki=folder).start()
+    try:
+        client, why = connect(broker, cert, key)
+        assert client is not None, why
+        client.close()
+        r = pki_cli("revoke", "gw-b", folder)
+        assert r.returncode == 0, r.stderr
+        broker.reload()
+        time.sleep(0.5)
+        client, why = connect(broker, cert, key)
+        if client is not None:
+            client.close()
+        assert client is None, "a revoked certificate still connects after a reload"
+        other, why = connect(broker, *identity(folder, "gw-a"))
+        assert other is not None, f"gw-a lost its access too: {why}"
+        other.close()
+        # The id can be issued again, with a new key.
+        assert pki_cli("gateway", "gw-b", folder).returncode == 0
+        client, why = connect(broker, gw_b.cert, gw_b.key)
+        assert client is not None, why
+        client.close()
+    finally:
+        broker.stop()
+
+
 # --- what a gateway may do --------------------------------------------------------------------
 
 def test_a_gateway_cannot_publish_as_another(clients):

@@ -129,6 +129,11 @@ class Mosquitto:
                 self.proc.wait()
         self.proc = None
 
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads its config, ACL and (2.0) TLS files again."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
     def restart(self) -> None:
         self.stop()
         self.start()
