@@ -110,14 +110,18 @@ class Client:
 
 
 def connect(broker: Mosquitto, cert: Path | None, key: Path | None, ca: Path | None = None,
-            tls: bool = True) -> tuple[Client | None, str]:
-    """Connect with a client certificate; (client, "ok") or (None, why it was refused)."""
+            tls: bool = True, login: tuple[str, str | None] | None = None,
+            ) -> tuple[Client | None, str]:
+    """Connect with a client certificate (or a user name and password); (client, "ok") or
+    (None, why it was refused)."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}",
                     protocol=mqtt.MQTTv5)
     lock = threading.Condition()
     received: list[mqtt.MQTTMessage] = []
     suback: dict[int, list] = {}
     outcome: list[str] = []
+    if login:
+        c.username_pw_set(*login)
     if tls:
         c.tls_set(ca_certs=str(ca or broker.tls.ca), certfile=str(cert) if cert else None,
                   keyfile=str(key) if key else None, cert_reqs=ssl.CERT_REQUIRED)
@@ -345,6 +349,68 @@ def test_the_cloud_reads_every_gateway_through_its_shared_subscription(clients):
                                                                                   "gw-b")}
     for topic in expected:
         assert cloud.wait_for(topic), f"the cloud did not receive {topic}"
+
+
+# --- the password-file alternative ---------------------------------------------------------------
+
+TLS_SETTINGS = ("cafile", "certfile", "keyfile", "tls_version", "require_certificate",
+                "use_identity_as_username", "crlfile")
+
+
+def test_the_password_file_alternative_keeps_the_same_acl(tmp_path):
+    """Where TLS is not possible: the shipped config without its TLS lines, plus a
+    password_file whose user names are the gateway ids; the same ACL (%u = the user name)."""
+    passwd = tmp_path / "passwd"
+    secrets = {"gw-a": "secret-a-0123", "gw-b": "secret-b-0123", "pdm-cloud": "secret-c-0123"}
+    for i, (user, password) in enumerate(secrets.items()):
+        subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd),
+                        user, password], check=True, capture_output=True, timeout=30)
+    broker = Mosquitto(tmp_path / "broker", shipped_pki=tmp_path / "no-pki")
+    lines = [line for line in broker.config.read_text().splitlines()
+             if not line.split() or line.split()[0] not in TLS_SETTINGS]
+    broker.config.write_text("\n".join([*lines, f"password_file {passwd}"]) + "\n")
+    broker.start()
+    made: list[Client] = []
+
+    def login(user: str | None, password: str | None) -> Client | None:
+        client, _ = connect(broker, None, None, tls=False,
+                            login=(user, password) if user else None)
+        if client is not None:
+            made.append(client)
+        return client
+
+    try:
+        assert login(None, None) is None, "anonymous client let in"
+        assert login("gw-a", "wrong-password") is None, "wrong password let in"
+        cloud = login("pdm-cloud", secrets["pdm-cloud"])
+        gw_a = login("gw-a", secrets["gw-a"])
+        assert cloud is not None and gw_a is not None
+        cloud.subscribe(topics.subscription("uplink"))
+        gw_a.publish(topics.uplink("gw-b"), batch("gw-b"))
+        gw_a.publish(topics.uplink("gw-a"), batch("gw-a"))
+        assert cloud.wait_for(topics.uplink("gw-a"))
+        time.sleep(SETTLE)
+        assert cloud.topics() == [topics.uplink("gw-a")]
+        # The cloud's own config keys (broker.username/password) log it in.
+        cfg = CloudConfig(
+            broker={"host": broker.host, "port": broker.port, "username": "pdm-cloud",
+                    "password": secrets["pdm-cloud"]},
+            client_id=f"cloud-{uuid.uuid4().hex[:8]}", api_token="test-token-0123456789",
+            store={"path": str(tmp_path / "cloud.db"), "synchronous": "NORMAL"},
+            bundle={"path": str(DEFAULT_BUNDLE), "trusted_keys": [str(DEFAULT_BUNDLE_KEY)]},
+            registry={"path": str(tmp_path / "bundles")})
+        store = SqliteStore(cfg.store.path, "NORMAL")
+        consumer = Consumer(cfg, store, Metrics())
+        consumer.start()
+        try:
+            assert consumer.connected.wait(15), consumer.last_error
+        finally:
+            consumer.stop()
+            store.close()
+    finally:
+        for c in made:
+            c.close()
+        broker.stop()
 
 
 # --- the real cloud ingest behind the shipped broker -------------------------------------------
