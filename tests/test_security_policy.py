@@ -143,6 +143,14 @@ def test_the_acl_grants_each_party_exactly_its_topics():
                    | {("write", filter_for(k, "+")) for k in topics.CLOUD_PUBLISHES}}
 
 
+def test_the_kubernetes_broker_config_is_the_shipped_one():
+    import yaml
+
+    data = yaml.safe_load((REPO / "deploy" / "k8s" / "mosquitto-config.yaml").read_text())["data"]
+    assert data["mosquitto.conf"] == (ACL.parent / "mosquitto.conf").read_text()
+    assert data["acl"] == ACL.read_text()
+
+
 # --- the AWS IoT policy --------------------------------------------------------------------------
 
 def _as_list(value) -> list:
