@@ -82,6 +82,7 @@ class Client:
     received: list[mqtt.MQTTMessage]
     lock: threading.Condition
     suback: dict[int, list]
+    puback: dict[int, str]
 
     def subscribe(self, *filters: str) -> list:
         """Subscribe and return the SUBACK reason codes."""
@@ -91,9 +92,13 @@ class Client:
             assert self.lock.wait_for(lambda: mid in self.suback, 10), "no SUBACK"
             return self.suback[mid]
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> str:
+        """Publish at QoS 1; the PUBACK's reason ("Not authorized" when the ACL refuses)."""
         info = self.mqtt.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(10)
+        with self.lock:
+            assert self.lock.wait_for(lambda: info.mid in self.puback, 10), "no PUBACK"
+            return self.puback[info.mid]
 
     def topics(self) -> list[str]:
         with self.lock:
@@ -119,6 +124,7 @@ def connect(broker: Mosquitto, cert: Path | None, key: Path | None, ca: Path | N
     lock = threading.Condition()
     received: list[mqtt.MQTTMessage] = []
     suback: dict[int, list] = {}
+    puback: dict[int, str] = {}
     outcome: list[str] = []
     if login:
         c.username_pw_set(*login)
@@ -141,7 +147,13 @@ def connect(broker: Mosquitto, cert: Path | None, key: Path | None, ca: Path | N
             suback[mid] = list(reasons)
             lock.notify_all()
 
+    def on_publish(client, userdata, mid, reason, props):
+        with lock:
+            puback[mid] = str(reason)
+            lock.notify_all()
+
     c.on_connect, c.on_message, c.on_subscribe = on_connect, on_message, on_subscribe
+    c.on_publish = on_publish
     try:
         c.connect(broker.host, broker.port, keepalive=10)
     except (OSError, ssl.SSLError) as exc:
@@ -150,7 +162,7 @@ def connect(broker: Mosquitto, cert: Path | None, key: Path | None, ca: Path | N
     with lock:
         lock.wait_for(lambda: outcome, 5)
     if outcome == ["ok"]:
-        return Client(c, received, lock, suback), "ok"
+        return Client(c, received, lock, suback, puback), "ok"
     c.loop_stop()
     return None, outcome[0] if outcome else "no CONNACK (connection dropped)"
 
@@ -290,9 +302,9 @@ def test_a_gateway_cannot_publish_as_another(clients):
     spoofed = [topics.uplink("gw-b"), topics.status("gw-b"), topics.update("gw-b"),
                topics.escalate("gw-b"), topics.model("gw-b"),
                topics.cloud_alert("gw-b", "engine-1")]
-    for topic in spoofed:
-        gw_a.publish(topic, batch("gw-b"))
-    gw_a.publish(topics.uplink("gw-a"), batch("gw-a"))
+    refused = {topic: gw_a.publish(topic, batch("gw-b")) for topic in spoofed}
+    assert set(refused.values()) == {"Not authorized"}, refused
+    assert gw_a.publish(topics.uplink("gw-a"), batch("gw-a")) != "Not authorized"
     assert cloud.wait_for(topics.uplink("gw-a")), "gw-a's own uplink did not reach the cloud"
     time.sleep(SETTLE)
     assert cloud.topics() == [topics.uplink("gw-a")]
