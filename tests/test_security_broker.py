@@ -8,6 +8,7 @@ real cloud ingest must never store a tick a gateway sent in another gateway's na
 from __future__ import annotations
 
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from cloud_service.store import SqliteStore
 from contract import codec, topics
 from contract.payloads import GatewayStatus, UplinkBatch
 from tests.conftest import DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY, REPO
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, free_port
 
 pytestmark = pytest.mark.security
 
@@ -476,3 +477,59 @@ def test_the_cloud_never_stores_a_spoofed_tick(shipped, pki_dir, clients, tmp_pa
     finally:
         consumer.stop()
         store.close()
+
+
+# --- the whole system behind the shipped broker -------------------------------------------------
+
+@pytest.mark.slow
+def test_the_agent_and_the_cloud_work_through_the_shipped_acl(shipped, pki_dir, tmp_path,
+                                                             data_dir):
+    """The ACL grants what the real agent and the real cloud do: ticks stored and scored,
+    the gateway's status, escalated windows answered with verdicts the agent receives."""
+    import httpx
+    import yaml
+
+    from tests.test_cloud_service import Running, cloud_config, wait_until
+    from tests.test_edge_agent import start_agent, unit_lengths
+    from tests.test_escalation import metric
+
+    layout, gateway = PkiLayout(pki_dir), "gw-a"
+    gw_ident = layout.gateway(gateway)
+
+    def tls(ident) -> dict:
+        return {"enabled": True, "ca_file": str(layout.ca.cert), "cert_file": str(ident.cert),
+                "key_file": str(ident.key)}
+
+    cloud = Running(cloud_config(tmp_path, shipped, DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY,
+                                 broker={"tls": tls(layout.cloud)}))
+    units = [31, 34]
+    port = free_port()
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway_id": gateway,
+        "broker": {"host": shipped.host, "port": shipped.port, "tls": tls(gw_ident)},
+        "sources": [{"type": "cmapss", "file": str(data_dir / "test_FD001.txt"),
+                     "units": units, "rate": 40}],
+        "bundle": {"path": str(DEFAULT_BUNDLE), "trusted_keys": [str(DEFAULT_BUNDLE_KEY)]},
+        "outbox": {"path": str(tmp_path / "outbox.db"), "batch_max_age": 0.5},
+        "escalation": {"band": 0.1, "adopt_cloud_verdict": True},
+        "metrics_port": port}))
+    agent = start_agent(config)
+    want = {f"engine-{u}": n for u, n in unit_lengths(data_dir).items() if u in units}
+    try:
+        def stored(asset: str) -> int:
+            return len(cloud.http.get(f"/api/v1/assets/{gateway}/{asset}/ticks",
+                                      params={"limit": 5000}).json()["items"])
+
+        wait_until(lambda: all(stored(a) == n for a, n in want.items()), 120,
+                   "every tick of the agent stored by the cloud")
+        edge = lambda: httpx.get(f"http://127.0.0.1:{port}/metrics").text  # noqa: E731
+        wait_until(lambda: metric(edge(), "pdm_edge_cloud_verdicts_total") >= 1, 30,
+                   "a cloud verdict received by the agent (cloud-alert through the ACL)")
+        assert metric(edge(), "pdm_edge_escalations_total") >= 1
+        gateways = {g["gateway"]: g for g in cloud.http.get("/api/v1/gateways").json()}
+        assert gateways[gateway]["online"] is True
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
+        cloud.close()
