@@ -437,6 +437,8 @@ def test_the_cloud_never_stores_a_spoofed_tick(shipped, pki_dir, clients, tmp_pa
                         "cert_file": str(layout.cloud.cert),
                         "key_file": str(layout.cloud.key)}},
         client_id=f"cloud-{uuid.uuid4().hex[:8]}", api_token="test-token-0123456789",
+        # Its own group: its persistent session must not take a share of later tests' uplink.
+        share_group=f"spoof-{uuid.uuid4().hex[:8]}",
         store={"path": str(tmp_path / "cloud.db"), "synchronous": "NORMAL"},
         bundle={"path": str(DEFAULT_BUNDLE), "trusted_keys": [str(DEFAULT_BUNDLE_KEY)]},
         registry={"path": str(tmp_path / "bundles")})
@@ -482,8 +484,7 @@ def test_the_cloud_never_stores_a_spoofed_tick(shipped, pki_dir, clients, tmp_pa
 # --- the whole system behind the shipped broker -------------------------------------------------
 
 @pytest.mark.slow
-def test_the_agent_and_the_cloud_work_through_the_shipped_acl(shipped, pki_dir, tmp_path,
-                                                             data_dir):
+def test_the_agent_and_the_cloud_work_through_the_shipped_acl(pki_dir, tmp_path, data_dir):
     """The ACL grants what the real agent and the real cloud do: ticks stored and scored,
     the gateway's status, escalated windows answered with verdicts the agent receives."""
     import httpx
@@ -493,6 +494,9 @@ def test_the_agent_and_the_cloud_work_through_the_shipped_acl(shipped, pki_dir, 
     from tests.test_edge_agent import start_agent, unit_lengths
     from tests.test_escalation import metric
 
+    # A broker of its own: the shared group's persistent sessions left by other tests would
+    # take their share of this agent's uplink.
+    shipped = Mosquitto(tmp_path / "broker", shipped_pki=pki_dir).start()
     layout, gateway = PkiLayout(pki_dir), "gw-a"
     gw_ident = layout.gateway(gateway)
 
@@ -533,3 +537,4 @@ def test_the_agent_and_the_cloud_work_through_the_shipped_acl(shipped, pki_dir, 
         agent.send_signal(signal.SIGTERM)
         agent.communicate(timeout=30)
         cloud.close()
+        shipped.stop()
