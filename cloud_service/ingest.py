@@ -42,7 +42,11 @@ Decoded = Received | StatusUpdate | ReportUpdate | DeadLetter | None
 def decode_message(topic: str, payload: bytes, max_bytes: int, keep_bytes: int,
                    received_at: float) -> Decoded:
     """What one MQTT message means for the store (pure). None: nothing to store (an empty
-    retained status, which is how a retained message is cleared)."""
+    retained status, which is how a retained message is cleared).
+
+    The topic's gateway is the authenticated one: the broker's ACL lets a client publish only
+    under its own certificate's id. A payload naming another gateway is refused (dead letter
+    "gateway-mismatch"), never stored under either name."""
     def dead(detail: str, gateway: str | None = None, reason: str | None = None) -> DeadLetter:
         return DeadLetter.of(topic, gateway, detail, payload, keep_bytes, received_at, reason)
 

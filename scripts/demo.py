@@ -1,6 +1,10 @@
 """The whole system on one machine: a private Mosquitto, the cloud service and an edge agent
 replaying the NASA C-MAPSS FD001 test engines with the committed default bundle.
 
+The broker runs the shipped config (deploy/docker/mosquitto: mutual TLS, the per-gateway
+ACL) with a throwaway PKI made in the work folder: the cloud and the agent connect with their
+own certificates, as in production.
+
     python scripts/demo.py [--duration SECONDS] [--rate TICKS_PER_S] [--units 31,34,68]
 
 Prints where to look, runs until Ctrl-C (or --duration), then stops everything it started and
@@ -27,6 +31,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cloud_service import pki  # noqa: E402
 from tests.support.broker import Mosquitto, free_port  # noqa: E402
 
 GATEWAY = "gw-demo"
@@ -88,13 +93,21 @@ def main() -> int:
     work.mkdir(parents=True)
     py = sys.executable
     procs: list[subprocess.Popen] = []
-    broker = Mosquitto(work / "broker", port=port_or_free(1883)).start()
+    # A throwaway PKI: CA, broker, cloud and this gateway's certificates, only for this run.
+    certs = pki.init_pki(work / "pki")
+    gateway_id = pki.issue_gateway(certs.folder, GATEWAY)
+    broker = Mosquitto(work / "broker", port=port_or_free(8883), shipped_pki=certs.folder).start()
+
+    def tls(identity: pki.Identity) -> dict:
+        return {"enabled": True, "ca_file": str(certs.ca.cert), "cert_file": str(identity.cert),
+                "key_file": str(identity.key)}
+
     try:
         http_port, agent_metrics = port_or_free(8000), free_port()
         token = secrets.token_urlsafe(24)
         cloud_cfg = work / "cloud.yaml"
         cloud_cfg.write_text(yaml.safe_dump({
-            "broker": {"host": broker.host, "port": broker.port},
+            "broker": {"host": broker.host, "port": broker.port, "tls": tls(certs.cloud)},
             "client_id": "pdm-cloud-demo", "api_token": token,
             "store": {"path": str(work / "cloud.db")},
             "registry": {"path": str(work / "bundles")},
@@ -104,7 +117,8 @@ def main() -> int:
         units = "all" if args.units == "all" else [int(u) for u in args.units.split(",")]
         agent_cfg = work / "agent.yaml"
         agent_cfg.write_text(yaml.safe_dump({
-            "gateway_id": GATEWAY, "broker": {"host": broker.host, "port": broker.port},
+            "gateway_id": GATEWAY,
+            "broker": {"host": broker.host, "port": broker.port, "tls": tls(gateway_id)},
             "sources": [{"type": "cmapss", "file": str(args.data), "units": units,
                          "rate": args.rate}],
             "bundle": {"path": str(REPO / "models/default"),
@@ -122,13 +136,18 @@ def main() -> int:
         procs.append(subprocess.Popen([py, "-m", "edge_agent", "run", "--config",
                                        str(agent_cfg)], cwd=REPO, stdout=agent_log.open("w"),
                                       stderr=subprocess.STDOUT))
+        # The gateway's own identity: the ACL shows it its own alerts, nobody else's.
+        sub_tls = (f"--cafile {certs.ca.cert} --cert {gateway_id.cert} "
+                   f"--key {gateway_id.key}")
         print(f"""
-The demo runs: broker 127.0.0.1:{broker.port}, cloud API {api}, edge agent '{GATEWAY}'
-replaying FD001 test engines at {args.rate:g} ticks/s each. Alerts begin within a minute.
+The demo runs: broker 127.0.0.1:{broker.port} (mutual TLS and the shipped ACL; certificates
+in {certs.folder}), cloud API {api}, edge agent '{GATEWAY}' replaying FD001 test engines at
+{args.rate:g} ticks/s each. Alerts begin within a minute.
 
-  alerts as they happen:  mosquitto_sub -h 127.0.0.1 -p {broker.port} -v \\
-                            -t 'pdm/v1/+/+/alert' -t 'pdm/v1/+/+/cloud-alert'
-  live table of states:   {py} -m edge_agent alerts --host 127.0.0.1 --port {broker.port}
+  alerts as they happen:  mosquitto_sub -h 127.0.0.1 -p {broker.port} -v {sub_tls} \\
+                            -t 'pdm/v1/{GATEWAY}/+/alert' -t 'pdm/v1/{GATEWAY}/+/cloud-alert'
+  live table of states:   {py} -m edge_agent alerts --host 127.0.0.1 --port {broker.port} \\
+                            {sub_tls}
   API docs:               {api}/docs   (write routes need: Authorization: Bearer {token})
   fleet now:              curl -s {api}/api/v1/assets
   logs:                   {agent_log}  {cloud_log}

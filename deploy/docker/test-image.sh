@@ -3,12 +3,14 @@
 # Docker engine or a reachable registry (PyPI and the Debian mirror must be reachable):
 #   1. podman, runc, containers.conf and the base images (podman-base.sh, cached);
 #   2. builds the cloud and edge images (deploy/docker/Dockerfile, Dockerfile.edge);
-#   3. image test: a Mosquitto container and the cloud container on the host network (on free
-#      ports), /healthz, /readyz and the image's HEALTHCHECK, then a real uplink batch (C-MAPSS
-#      rows, the default bundle's features) published through the broker and read back from the
-#      API with the cloud model's predictions;
+#   3. image test: a Mosquitto container running the shipped config and ACL (mutual TLS, with a
+#      PKI made by `python -m cloud_service pki`) and the cloud container on the host network
+#      (on free ports), /healthz, /readyz and the image's HEALTHCHECK, then a real uplink batch
+#      (C-MAPSS rows, the default bundle's features) published through the broker with a
+#      gateway's certificate and read back from the API with the cloud model's predictions;
 #   4. compose test: compose.yaml up with podman-compose (broker, cloud, one edge agent replaying
-#      C-MAPSS FD001), edge alerts seen on MQTT, the edge's ticks seen in the cloud API; down -v.
+#      C-MAPSS FD001, each with its own certificate), edge alerts seen on MQTT by the gateway's
+#      identity, the edge's ticks seen in the cloud API; down -v.
 # Everything it starts is removed on exit, whatever happens. Prints the time of each step and
 # the image sizes. Run as root:  deploy/docker/test-image.sh
 # Environment: PDM_PODMAN_CACHE (default /var/cache/pdm-podman), PDM_PYTHON (a Python with the
@@ -75,6 +77,13 @@ trap 'exit 130' INT TERM
 
 free_port() { "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+make_pki() {  # make_pki DIR GATEWAY: CA, broker (also named mosquitto), cloud, one gateway
+  PYTHONPATH="$repo" "$py" -m cloud_service pki init "$1" --host mosquitto >/dev/null
+  PYTHONPATH="$repo" "$py" -m cloud_service pki gateway "$2" "$1" >/dev/null
+  # The cloud and edge images run as uid 10001; the broker's start.sh copies its own key.
+  chown 10001 "$1/cloud.key" "$1/gateways/$2.key"
+}
+
 wait_http() {  # wait_http url what: until it answers 200, at most $wait_s seconds
   local url=$1 what=$2 t0=$EPOCHREALTIME
   "$py" - "$url" "$wait_s" <<'PY' || { echo "timed out waiting for $what ($url)" >&2; return 1; }
@@ -134,25 +143,32 @@ image_start() {
   mqtt_port=$(free_port); api_port=$(free_port)
   token="$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')"
   mkdir -p "$work/broker"
-  cat > "$work/broker/mosquitto.conf" <<CONF
-listener $mqtt_port 127.0.0.1
-allow_anonymous true
-persistence false
-max_queued_messages 1000000
-log_dest stdout
-CONF
+  make_pki "$work/pki" gw-imagetest
+  # The shipped config as it is, on a free loopback port (host network).
+  sed "s/^listener .*/listener $mqtt_port 127.0.0.1/" "$here/mosquitto/mosquitto.conf" \
+    > "$work/broker/mosquitto.conf"
+  local f
   containers+=("$run_id-broker")
+  # shellcheck disable=SC2046  # word-split on purpose: a list of -v options
   podman run -d --name "$run_id-broker" --network host \
+    --entrypoint /bin/sh \
     -v "$work/broker/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" \
-    eclipse-mosquitto:2 >/dev/null
+    -v "$here/mosquitto/acl:/mosquitto/config/acl:ro" \
+    -v "$here/mosquitto/start.sh:/mosquitto/config/start.sh:ro" \
+    $(for f in ca.crt crl.pem broker.crt broker.key; do
+        printf -- '-v %s:/run/pki/%s:ro ' "$work/pki/$f" "$f"; done) \
+    eclipse-mosquitto:2 /mosquitto/config/start.sh >/dev/null
   containers+=("$run_id-cloud")
   # Without systemd podman cannot run the HEALTHCHECK on a timer (it logs an error and goes
   # on); image_ready runs it with `podman healthcheck run`.
+  # shellcheck disable=SC2046  # word-split on purpose: a list of -v options
   podman run -d --name "$run_id-cloud" --network host \
     -e PDM_CLOUD_API_TOKEN="$token" \
     -e PDM_CLOUD_BROKER__HOST=127.0.0.1 -e PDM_CLOUD_BROKER__PORT="$mqtt_port" \
     -e PDM_CLOUD_HTTP__HOST=127.0.0.1 -e PDM_CLOUD_HTTP__PORT="$api_port" \
     -e PDM_CLOUD_CLIENT_ID="$run_id-cloud" \
+    $(for f in ca.crt cloud.crt cloud.key; do
+        printf -- '-v %s:/etc/pdm/mqtt/%s:ro ' "$work/pki/$f" "$f"; done) \
     pdm-cloud:latest 2> >(grep -v 'systemd connection' >&2) >/dev/null
   echo "broker on 127.0.0.1:$mqtt_port, cloud API on 127.0.0.1:$api_port"
 }
@@ -169,8 +185,9 @@ image_ready() {
 }
 
 image_uplink() {
-  PYTHONPATH="$repo" "$py" - "$repo" "$mqtt_port" "$api_port" "$token" <<'PY'
-"""Publish one uplink batch of real C-MAPSS rows through the broker, read it back."""
+  PYTHONPATH="$repo" "$py" - "$repo" "$mqtt_port" "$api_port" "$token" "$work/pki" <<'PY'
+"""Publish one uplink batch of real C-MAPSS rows through the broker (as gateway gw-imagetest,
+with its certificate), read it back."""
 import json, sys, time, uuid
 from pathlib import Path
 
@@ -183,6 +200,7 @@ from contract.cmapss import COLUMNS, read_cmapss
 from contract.payloads import UplinkBatch
 
 repo, mqtt_port, api_port, token = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+pki = Path(sys.argv[5])
 manifest = json.loads((repo / "models/default/manifest.json").read_text())
 features, window = tuple(manifest["features"]), manifest["window"]
 rows = read_cmapss(repo / "data/cmapss/test_FD001.txt")
@@ -192,14 +210,17 @@ n = min(len(unit), 2 * window)
 values = unit[:n, [COLUMNS.index(f) for f in features]].astype(np.float32)
 prob = np.full(n, 0.1, np.float32)
 prob[: window - 1] = np.nan
-gw, asset = f"gw-{uuid.uuid4().hex[:8]}", "engine-1"
+gw, asset = "gw-imagetest", "engine-1"
 batch = UplinkBatch(gateway=gw, asset=asset, first_seq=0,
                     timestamps=time.time() - n + np.arange(n, dtype=np.float64),
                     features=features, values=values, probability=prob,
                     rul=np.where(np.isnan(prob), np.nan, 100.0), model_version="container-test")
 
-client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{gw}",
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
                      protocol=mqtt.MQTTv5)
+# As root here, the gateway's key (chowned to the image's uid) is still readable.
+client.tls_set(ca_certs=str(pki / "ca.crt"), certfile=str(pki / "gateways" / f"{gw}.crt"),
+               keyfile=str(pki / "gateways" / f"{gw}.key"))
 client.connect("127.0.0.1", mqtt_port)
 client.loop_start()
 info = client.publish(topics.uplink(gw), codec.encode_uplink(batch), qos=1)
@@ -257,7 +278,9 @@ compose() {
 }
 
 compose_start() {
-  export PDM_CLOUD_API_TOKEN PDM_MQTT_PORT PDM_API_PORT PDM_EDGE_METRICS_PORT
+  export PDM_CLOUD_API_TOKEN PDM_MQTT_PORT PDM_API_PORT PDM_EDGE_METRICS_PORT PDM_PKI_DIR
+  PDM_PKI_DIR="$work/compose-pki"
+  make_pki "$PDM_PKI_DIR" gw-demo
   PDM_CLOUD_API_TOKEN="$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')"
   PDM_MQTT_PORT=$(free_port); PDM_API_PORT=$(free_port); PDM_EDGE_METRICS_PORT=$(free_port)
   compose_up=1
@@ -273,14 +296,16 @@ compose_start() {
 
 compose_check() {
   PYTHONPATH="$repo" "$py" - "$PDM_MQTT_PORT" "$PDM_API_PORT" "$PDM_CLOUD_API_TOKEN" \
-    "$wait_s" <<'PY'
-"""Edge alerts on the broker (alert events or retained states), edge ticks in the cloud."""
+    "$wait_s" "$PDM_PKI_DIR" <<'PY'
+"""Edge alerts on the broker (alert events or retained states, read with the gateway's own
+certificate: the ACL shows it nothing else), edge ticks in the cloud."""
 import json, sys, threading, time
 
 import httpx
 import paho.mqtt.client as mqtt
 
 mqtt_port, api_port, token, limit = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+pki = sys.argv[5]
 seen: list[tuple[str, dict]] = []
 got = threading.Event()
 
@@ -292,11 +317,13 @@ def on_message(client, userdata, msg):
     got.set()
 
 def on_connect(client, userdata, flags, reason, props):
-    client.subscribe([("pdm/v1/+/+/alert", 1), ("pdm/v1/+/+/state", 1)])
+    client.subscribe([("pdm/v1/gw-demo/+/alert", 1), ("pdm/v1/gw-demo/+/state", 1)])
 
 t0 = time.monotonic()
 client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pdm-compose-test",
                      protocol=mqtt.MQTTv5)
+client.tls_set(ca_certs=f"{pki}/ca.crt", certfile=f"{pki}/gateways/gw-demo.crt",
+               keyfile=f"{pki}/gateways/gw-demo.key")
 client.on_message, client.on_connect = on_message, on_connect
 client.connect("127.0.0.1", mqtt_port)
 client.loop_start()
