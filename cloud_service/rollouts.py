@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from cloud_service.store import Store
+from cloud_service.store import ModelRow, RolloutRow, RolloutStore, RolloutTargetRow, TargetRequest
 from contract import codec, topics
 from contract.payloads import ModelAnnouncement
 
@@ -45,12 +45,12 @@ def canary(gateways: Sequence[str], percent: float, rollout_id: str) -> list[str
     return sorted(ranked[:n])
 
 
-def summary(targets: Sequence[dict]) -> dict[str, int]:
+def summary(targets: Sequence[RolloutTargetRow]) -> dict[str, int]:
     return dict(Counter(t["step"] for t in targets))
 
 
 class Rollouts:
-    def __init__(self, store: Store, publish: Publish) -> None:
+    def __init__(self, store: RolloutStore, publish: Publish) -> None:
         self.store = store
         self.publish = publish
 
@@ -93,13 +93,13 @@ class Rollouts:
             if percent is not None:
                 chosen = canary(chosen, percent, rollout_id)
         now = time.time()
-        targets = [{"gateway": g, "from_version": known[g]["model_version"], "step": "announced"}
-                   for g in chosen]
-        self.store.create_rollout({
-            "id": rollout_id, "version": version, "action": action, "state": "active",
-            "created_at": now, "updated_at": now, "percent": percent,
-            "requested": json.dumps({"gateways": gateways, "percent": percent,
-                                     "action": action})}, targets)
+        targets = [TargetRequest(gateway=g, from_version=known[g]["model_version"],
+                                 step="announced") for g in chosen]
+        self.store.create_rollout(RolloutRow(
+            id=rollout_id, version=version, action=action, state="active", created_at=now,
+            updated_at=now, percent=percent,
+            requested=json.dumps({"gateways": gateways, "percent": percent, "action": action})),
+            targets)
         steps = {}
         for g in chosen:
             steps[g] = self._announce(g, model, action, rollout_id, base_url)
@@ -158,13 +158,13 @@ class Rollouts:
                                f"is {state} can {verb}")
         return view
 
-    def _model(self, version: str) -> dict:
+    def _model(self, version: str) -> ModelRow:
         model = self.store.model(version)
         if model is None:
             raise RolloutError(f"model {version!r} is no longer registered")
         return model
 
-    def _announce(self, gateway: str, model: dict, action: str, rollout_id: str,
+    def _announce(self, gateway: str, model: ModelRow, action: str, rollout_id: str,
                   base_url: str) -> tuple[str, str | None]:
         ann = ModelAnnouncement(
             action=action, version=model["version"],
