@@ -125,7 +125,10 @@ class Scorer:
                 self.last_error = None
             except Exception as exc:  # keep scoring; the windows stay pending in the store
                 if isinstance(exc, StoreError):
+                    # The alert machines may have moved past what was committed, and the
+                    # windows of the failed batch left the queue: start again from the store.
                     self.metrics.store_errors.labels("scoring").inc()
+                    self.recovered.clear()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("scoring failed; retrying")
                 self._stopping.wait(1.0)

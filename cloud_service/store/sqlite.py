@@ -262,14 +262,17 @@ class SqliteStore:
         """One write transaction; the write lock is taken at its start, so two writers queue
         instead of deadlocking on a lock upgrade."""
         conn = self._db().conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # locked too long, disk full, I/O error
+            raise StoreError(f"{self.where}: {exc}") from exc
 
     def _rows(self, sql: str, params: Iterable[Any] | dict = ()) -> list[dict]:
         return list(self._db().query(sql, params))
