@@ -67,6 +67,9 @@ PARTITION_LOCK = 0x70646D02
 PARTITIONED = {"ticks": "time", "predictions": "tick_time"}
 CHECK_TIMEOUT = 3.0  # seconds readiness waits for a connection at most
 _T = TypeVar("_T")
+PREDICTION_COLUMNS = ("gateway", "asset", "seq", "tick_time", "probability", "rul",
+                      "edge_probability", "edge_rul", "diff", "rul_diff", "model_version",
+                      "edge_model_version", "scored_at", "error")
 
 # Text keys sort by bytes ("C"), as SQLite does, whatever the database's locale.
 MIGRATIONS: list[str] = [
@@ -134,6 +137,10 @@ def _opt(x: float | None) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _seq(seq: int | None) -> int:
+    return -1 if seq is None else seq
+
+
 def _reason(exc: BaseException) -> str:
     """libpq's message, first line only (the rest is hints spread over several lines)."""
     text = str(exc).strip() or type(exc).__name__
@@ -181,7 +188,13 @@ class PostgresStore:
         return text
 
     def _unreachable(self, exc: BaseException) -> StoreError:
-        err = StoreError(f"cannot reach {self.where}: {self._clean(_reason(exc))}")
+        """A StoreError for a failure the caller should retry: the server is down or gone
+        (connection classes 08 and 57), or the transaction was rolled back (40: a deadlock,
+        a serialization failure)."""
+        state = getattr(exc, "sqlstate", None) or ""
+        what = "cannot reach" if not state or state.startswith(("08", "57")) else \
+            "transaction rolled back on"
+        err = StoreError(f"{what} {self.where}: {self._clean(_reason(exc))}")
         err.retryable = True  # type: ignore[attr-defined]
         return err
 
@@ -438,7 +451,8 @@ class PostgresStore:
                 "edge_probability, edge_rul, model_version, received_at) "
                 "SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::float8[], "
                 "%s::int8[], %s::bytea[], %s::float8[], %s::float8[], %s::text[], %s::float8[]) "
-                "ON CONFLICT DO NOTHING RETURNING gateway, asset, seq", list(cols.values()))
+                "ON CONFLICT DO NOTHING RETURNING gateway, asset, seq", list(cols.values()),
+                binary=True)
             new = {(g, a, int(s)) for g, a, s in cur.fetchall()}
         if shadow["seq"]:
             conn.execute(
@@ -447,7 +461,10 @@ class PostgresStore:
                 "%s::text[], %s::float8[], %s::float8[], %s::float8[]) ON CONFLICT DO NOTHING",
                 list(shadow.values()))
         inserted: list[Inserted] = []
-        asset_rows, gateway_rows = [], []
+        # One upsert row per asset and per gateway, in key order: replicas writing the same
+        # assets then lock them in the same order and cannot deadlock.
+        assets: dict[AssetKey, list[Any]] = {}
+        gateways: dict[str, float] = {}
         for item in batches:
             b, now = item.batch, item.received_at
             n = len(b.timestamps)
@@ -455,17 +472,23 @@ class PostgresStore:
             # a tick two batches of this group both carry counts for the first, as in SQLite
             mine = {(b.gateway, b.asset, s) for s in range(b.first_seq, last + 1)} & new
             new -= mine
-            edge_seq = edge_p = edge_r = None
+            edge: list[Any] = [None, None, None]
             for i in range(n - 1, -1, -1):
                 p = _opt(b.probability[i])
                 if p is not None:
-                    edge_seq, edge_p, edge_r = b.first_seq + i, p, _opt(b.rul[i])
+                    edge = [b.first_seq + i, p, _opt(b.rul[i])]
                     break
-            asset_rows.append((b.gateway, b.asset, now, now, last, len(mine), edge_seq, edge_p,
-                               edge_r, b.model_version))
-            gateway_rows.append((b.gateway, now, now))
-            inserted.append(Inserted((b.gateway, b.asset), b.first_seq, last, len(mine),
-                                     b.escalated))
+            key = (b.gateway, b.asset)
+            row = assets.get(key)
+            if row is None:
+                assets[key] = [b.gateway, b.asset, now, now, last, len(mine), *edge,
+                               b.model_version]
+            else:  # as if applied one after the other: the newest edge score wins
+                row[3], row[4], row[5] = max(row[3], now), max(row[4], last), row[5] + len(mine)
+                if _seq(edge[0]) >= _seq(row[6]):
+                    row[6:10] = [*edge, b.model_version]
+            gateways[b.gateway] = max(gateways.get(b.gateway, now), now)
+            inserted.append(Inserted(key, b.first_seq, last, len(mine), b.escalated))
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO assets AS a (gateway, asset, first_seen, last_seen, last_seq, ticks, "
@@ -484,12 +507,12 @@ class PostgresStore:
                 "  coalesce(a.edge_seq, -1) THEN excluded.edge_model_version "
                 "  ELSE a.edge_model_version END, "
                 "edge_seq = greatest(coalesce(a.edge_seq, -1), coalesce(excluded.edge_seq, -1))",
-                asset_rows)
+                [assets[key] for key in sorted(assets)])
             cur.executemany(
                 "INSERT INTO gateways AS g (gateway, first_seen, last_seen) VALUES (%s, %s, %s) "
                 "ON CONFLICT (gateway) DO UPDATE SET "
                 "last_seen = greatest(coalesce(g.last_seen, 0), excluded.last_seen)",
-                gateway_rows)
+                [(gw, gateways[gw], gateways[gw]) for gw in sorted(gateways)])
         return inserted
 
     # -- scoring ---------------------------------------------------------------------------
@@ -567,15 +590,16 @@ class PostgresStore:
     def _write_scores(self, write: ScoreWrite) -> None:
         with self._write() as conn, conn.cursor() as cur:
             if write.predictions:
-                cur.executemany(
+                rows = write.predictions
+                cur.execute(
                     "INSERT INTO predictions (gateway, asset, seq, tick_time, probability, rul, "
                     "edge_probability, edge_rul, diff, rul_diff, model_version, "
                     "edge_model_version, scored_at, error) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::float8[], "
+                    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], "
+                    "%s::float8[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
                     "ON CONFLICT DO NOTHING",
-                    [(p.gateway, p.asset, p.seq, p.tick_time, p.probability, p.rul,
-                      p.edge_probability, p.edge_rul, p.diff, p.rul_diff, p.model_version,
-                      p.edge_model_version, p.scored_at, p.error) for p in write.predictions])
+                    [[getattr(p, name) for p in rows] for name in PREDICTION_COLUMNS])
             if write.alerts:
                 cur.executemany(
                     "INSERT INTO alerts (gateway, asset, seq, source, old_state, new_state, "
@@ -591,7 +615,8 @@ class PostgresStore:
                     "scored_at = %s WHERE gateway = %s AND asset = %s "
                     "AND coalesce(cloud_seq, -1) < %s",
                     [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
-                      a.scored_at, *a.key, a.seq) for a in write.assets])
+                      a.scored_at, *a.key, a.seq)
+                     for a in sorted(write.assets, key=lambda score: score.key)])
 
     def asset_scores(self) -> dict[AssetKey, AlertResume]:
         """Per asset: cloud alert state, seq of the last window fed to the alert machine, and
