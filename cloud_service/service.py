@@ -33,6 +33,7 @@ class Service:
         self.cfg = cfg
         self.metrics = Metrics()
         self.store = open_store(cfg.store)
+        self.metrics.store_up.set(1)
         self.registry = Registry(cfg.registry.path, self.store, cfg.bundle.trusted_keys,
                                  cfg.registry.max_upload_bytes)
         self.manifest: Manifest | None = None

@@ -270,11 +270,20 @@ def test_both_backends_answer_the_same(both):
                                                    agent_version="0.9"), 6.0)],
                        [DeadLetter.of("pdm/v1/gw1/uplink", "gw1", "bad", b"\x00", 4096, 7.0,
                                       "invalid")])
+        # several batches of one asset in one group, the newest edge score in the middle one
+        no_edge = batch(20, 3, asset="a3").model_copy(
+            update={"probability": np.full(3, np.nan, np.float32)})
+        s.write_ingest([Received(batch(10, 5, asset="a3"), 2.0), Received(batch(15, 5, asset="a3"),
+                                                                          3.0),
+                        Received(no_edge, 2.5)], [], [])
         scorer, _, _ = scorer_for(s, manifest())
         scorer.recover()
         scorer.drain()
         s.register_model(model_record())
     sq, pg = both
+    a3 = pg.asset("gw1", "a3")
+    assert a3 is not None and a3["edge_seq"] == 19 and a3["last_seq"] == 22
+    assert a3["ticks"] == 13 and a3["last_seen"] == 3.0
 
     clock = {"scored_at", "cloud_state_since", "published_at"}  # when each scorer ran
 

@@ -690,7 +690,8 @@ class PostgresStore:
 
     def alerts(self, gateway: str | None, asset: str | None, state: str | None,
                since: float | None, after_id: int, limit: int) -> list[StoredAlert]:
-        query, params = "SELECT * FROM alerts WHERE id > %s", [after_id]
+        query = "SELECT * FROM alerts WHERE id > %s"
+        params: list[Any] = [after_id]
         for column, value in (("gateway", gateway), ("asset", asset), ("new_state", state)):
             if value is not None:
                 query += f" AND {column} = %s"
@@ -704,7 +705,8 @@ class PostgresStore:
 
     def dead_letters(self, reason: str | None, after_id: int,
                      limit: int) -> list[DeadLetterRow]:
-        query, params = "SELECT * FROM dead_letters WHERE id > %s", [after_id]
+        query = "SELECT * FROM dead_letters WHERE id > %s"
+        params: list[Any] = [after_id]
         if reason is not None:
             query += " AND reason = %s"
             params.append(reason)

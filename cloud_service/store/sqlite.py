@@ -17,7 +17,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
@@ -274,7 +274,7 @@ class SqliteStore:
         except sqlite3.OperationalError as exc:  # locked too long, disk full, I/O error
             raise StoreError(f"{self.where}: {exc}") from exc
 
-    def _rows(self, sql: str, params: Iterable[Any] | dict = ()) -> list[dict]:
+    def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict]:
         return list(self._db().query(sql, params))
 
     def close(self) -> None:
@@ -405,13 +405,14 @@ class SqliteStore:
             "edge_probability, edge_rul, model_version, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         new_rows = conn.total_changes - before
-        if b.shadow_version is not None:
+        shadow_p, shadow_r = b.shadow_probability, b.shadow_rul
+        if b.shadow_version is not None and shadow_p is not None:
             conn.executemany(
                 "INSERT OR IGNORE INTO shadow_scores (gateway, asset, seq, model_version, "
                 "probability, rul) VALUES (?, ?, ?, ?, ?, ?)",
-                [(b.gateway, b.asset, seq, b.shadow_version, float(b.shadow_probability[i]),
-                  _opt(b.shadow_rul[i])) for i, seq in enumerate(b.seqs)
-                 if math.isfinite(b.shadow_probability[i])])
+                [(b.gateway, b.asset, seq, b.shadow_version, float(shadow_p[i]),
+                  _opt(shadow_r[i]) if shadow_r is not None else None)
+                 for i, seq in enumerate(b.seqs) if math.isfinite(shadow_p[i])])
         edge_seq = edge_p = edge_r = None
         for i in range(len(rows) - 1, -1, -1):
             if rows[i][6] is not None:
@@ -622,7 +623,8 @@ class SqliteStore:
 
     def alerts(self, gateway: str | None, asset: str | None, state: str | None,
                since: float | None, after_id: int, limit: int) -> list[StoredAlert]:
-        sql, params = "SELECT * FROM alerts WHERE id > ?", [after_id]
+        sql = "SELECT * FROM alerts WHERE id > ?"
+        params: list[Any] = [after_id]
         for column, value in (("gateway", gateway), ("asset", asset), ("new_state", state)):
             if value is not None:
                 sql += f" AND {column} = ?"
@@ -636,7 +638,8 @@ class SqliteStore:
 
     def dead_letters(self, reason: str | None, after_id: int,
                      limit: int) -> list[DeadLetterRow]:
-        sql, params = "SELECT * FROM dead_letters WHERE id > ?", [after_id]
+        sql = "SELECT * FROM dead_letters WHERE id > ?"
+        params: list[Any] = [after_id]
         if reason is not None:
             sql += " AND reason = ?"
             params.append(reason)
