@@ -516,3 +516,46 @@ def test_a_restarted_server_is_found_again_and_nothing_is_lost():
         import shutil
 
         shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_later_migration_is_applied_once_at_start(kind, tmp_path, request, monkeypatch):
+    """How the next schema change will arrive: appended to the backend's MIGRATIONS."""
+    from cloud_service.store import postgres as pg_backend
+    from cloud_service.store import sqlite as sqlite_backend
+
+    backend = sqlite_backend if kind == "sqlite" else pg_backend
+    first = make_store(kind, tmp_path, request)
+    first.write_ingest([Received(batch(0, 5), 1.0)], [], [])
+    before = first.schema_version()  # type: ignore[attr-defined]
+    first.close()
+    monkeypatch.setattr(backend, "MIGRATIONS", [
+        *backend.MIGRATIONS, "CREATE TABLE leases (asset text PRIMARY KEY, owner text)"])
+    second = make_store(kind, tmp_path, request)
+    try:
+        assert second.schema_version() == before + 1  # type: ignore[attr-defined]
+        assert len(second.ticks("gw1", "a1", -1, None, None, None, 10)) == 5
+    finally:
+        second.close()
+    third = make_store(kind, tmp_path, request)  # nothing left to do
+    assert third.schema_version() == before + 1  # type: ignore[attr-defined]
+    third.close()
+
+
+def test_the_service_applies_the_retention_setting(tmp_path):
+    from cloud_service.config import CloudConfig
+    from cloud_service.service import Service
+
+    cfg = CloudConfig(api_token="t" * 20, store={"url": f"sqlite:///{tmp_path / 'c.db'}",
+                                                 "retention_days": 2},
+                      registry={"path": str(tmp_path / "bundles")})
+    service = Service(cfg)
+    try:
+        old = batch(0, 5).model_copy(update={"timestamps": T0 - 3 * 86_400 + np.arange(5)})
+        service.store.write_ingest([Received(old, 1.0), Received(batch(5, 5), 1.0)], [], [])
+        assert service.apply_retention(now=T0) == 5
+        assert [t["seq"] for t in service.store.ticks("gw1", "a1", -1, None, None, None, 10)] \
+            == list(range(5, 10))
+        assert "pdm_cloud_retention_removed_total 5.0" in service.metrics.render().decode()
+    finally:
+        service.store.close()
