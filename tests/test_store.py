@@ -35,6 +35,7 @@ from cloud_service.store import (
     StatusUpdate,
     Store,
     StoreError,
+    StoreUnavailable,
     TargetRequest,
     open_store,
     parse_store_url,
@@ -559,3 +560,38 @@ def test_the_service_applies_the_retention_setting(tmp_path):
         assert "pdm_cloud_retention_removed_total 5.0" in service.metrics.render().decode()
     finally:
         service.store.close()
+
+
+def test_replicas_writing_the_same_ticks_at_once_store_each_once(postgres_url):
+    """Three writers (as three replicas after redeliveries) send overlapping batches of the
+    same assets in different orders: every tick is stored once and each asset's tick count is
+    exact. A transaction the database rolls back (a deadlock) is retried, as ingest does."""
+    stores = [open_store(StoreConfig(url=postgres_url)) for _ in range(3)]
+    retried: list[int] = []
+
+    def write(i: int) -> None:
+        rng = np.random.default_rng(i)
+        groups = [[Received(batch(first, 10, asset=f"a{a}"), 1.0 + i)
+                   for a in rng.permutation(6)] for first in rng.permutation(range(0, 200, 5))]
+        for group in groups:
+            while True:
+                try:
+                    stores[i].write_ingest(group, [], [])
+                    break
+                except StoreUnavailable:
+                    retried.append(i)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        for a in range(6):
+            ticks = stores[0].ticks("gw1", f"a{a}", -1, None, None, None, 1000)
+            assert [t["seq"] for t in ticks] == list(range(205))
+            asset = stores[0].asset("gw1", f"a{a}")
+            assert asset is not None and asset["ticks"] == 205 and asset["last_seq"] == 204
+    finally:
+        for s in stores:
+            s.close()

@@ -24,6 +24,7 @@ from cloud_service.store.base import (
     ScoringStore,
     Store,
     StoreError,
+    StoreUnavailable,
     StoreUrl,
     parse_store_url,
 )
@@ -63,7 +64,8 @@ __all__ = [
     "DeadLetterRow", "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
     "ModelRow", "ModelStore", "PredictionRow", "Received", "ReportUpdate", "RolloutRow",
     "RolloutStore", "RolloutTargetRow", "ScoreWrite", "ScoringStore", "ShadowRow",
-    "SqliteStore", "StatusUpdate", "Store", "StoreError", "StoreUrl", "StoredAlert",
+    "SqliteStore", "StatusUpdate", "Store", "StoreError", "StoreUnavailable", "StoreUrl",
+    "StoredAlert",
     "StoredPrediction", "TargetRequest", "TickRow", "WindowTicks", "open_store",
     "parse_store_url",
 ]
@@ -86,8 +88,8 @@ def open_store(cfg: StoreConfig) -> Store:
             return PostgresStore(url, cfg.secret(), pool_size=cfg.pool_size,
                                  connect_timeout=max(1.0, min(10.0, cfg.connect_timeout)),
                                  pool_timeout=cfg.pool_timeout)
-        except StoreError as exc:
-            if not getattr(exc, "retryable", False) or time.monotonic() + delay > deadline:
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
                 raise
             log.warning("%s; trying again in %.1f s", exc, delay)
             time.sleep(delay)

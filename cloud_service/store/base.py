@@ -47,6 +47,11 @@ class StoreError(Exception):
     host and database, never a password."""
 
 
+class StoreUnavailable(StoreError):
+    """The database did not answer, or rolled the transaction back (a deadlock, a lock held
+    too long): the same call may well succeed when tried again."""
+
+
 class ModelConflict(StoreError, ValueError):
     """A model version is already registered with other content."""
 

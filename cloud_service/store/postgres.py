@@ -37,6 +37,7 @@ from cloud_service.store.base import (
     PARTITION_SECONDS,
     ModelConflict,
     StoreError,
+    StoreUnavailable,
     StoreUrl,
     check_schema_version,
 )
@@ -187,16 +188,13 @@ class PostgresStore:
             text = text.replace(self._password, "**********")
         return text
 
-    def _unreachable(self, exc: BaseException) -> StoreError:
-        """A StoreError for a failure the caller should retry: the server is down or gone
-        (connection classes 08 and 57), or the transaction was rolled back (40: a deadlock,
-        a serialization failure)."""
+    def _unreachable(self, exc: BaseException) -> StoreUnavailable:
+        """A failure the caller should retry: the server is down, gone or refuses us, or the
+        transaction was rolled back (SQLSTATE class 40: a deadlock, a serialization
+        failure)."""
         state = getattr(exc, "sqlstate", None) or ""
-        what = "cannot reach" if not state or state.startswith(("08", "57")) else \
-            "transaction rolled back on"
-        err = StoreError(f"{what} {self.where}: {self._clean(_reason(exc))}")
-        err.retryable = True  # type: ignore[attr-defined]
-        return err
+        what = "transaction rolled back on" if state.startswith("40") else "cannot reach"
+        return StoreUnavailable(f"{what} {self.where}: {self._clean(_reason(exc))}")
 
     # -- connections -----------------------------------------------------------------------
 
@@ -534,20 +532,23 @@ class PostgresStore:
     def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]:
         """Per asset, the seqs of stored ticks (>= min_seq) that have no prediction: after a
         restart, the windows that may still need scoring end at these."""
-        with self._conn() as conn:
-            rows = conn.execute(
+        key: AssetKey | None = None
+        seqs: list[int] = []
+        # a server-side cursor: a big backlog streams instead of landing in memory at once
+        with self._conn() as conn, conn.transaction(), \
+                conn.cursor(name="unpredicted_ticks") as cur:
+            cur.itersize = 10_000
+            cur.execute(
                 "SELECT t.gateway, t.asset, t.seq FROM ticks t LEFT JOIN predictions p "
                 "ON p.gateway = t.gateway AND p.asset = t.asset AND p.seq = t.seq "
                 "WHERE p.seq IS NULL AND t.seq >= %s ORDER BY t.gateway, t.asset, t.seq",
-                (min_seq,)).fetchall()
-        key: AssetKey | None = None
-        seqs: list[int] = []
-        for gw, asset, seq in rows:
-            if (gw, asset) != key:
-                if key is not None:
-                    yield key, np.asarray(seqs, np.int64)
-                key, seqs = (gw, asset), []
-            seqs.append(seq)
+                (min_seq,))
+            for gw, asset, seq in cur:
+                if (gw, asset) != key:
+                    if key is not None:
+                        yield key, np.asarray(seqs, np.int64)
+                    key, seqs = (gw, asset), []
+                seqs.append(seq)
         if key is not None:
             yield key, np.asarray(seqs, np.int64)
 

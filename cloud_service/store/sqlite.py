@@ -26,7 +26,12 @@ import numpy as np
 from sqlite_utils import Database
 
 from cloud_service.deadletters import DeadLetter
-from cloud_service.store.base import ModelConflict, StoreError, check_schema_version
+from cloud_service.store.base import (
+    ModelConflict,
+    StoreError,
+    StoreUnavailable,
+    check_schema_version,
+)
 from cloud_service.store.rows import (
     AlertResume,
     AssetKey,
@@ -272,7 +277,7 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:  # locked too long, disk full, I/O error
-            raise StoreError(f"{self.where}: {exc}") from exc
+            raise StoreUnavailable(f"{self.where}: {exc}") from exc
 
     def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict]:
         return list(self._db().query(sql, params))
