@@ -447,16 +447,16 @@ class PostgresStore:
             cur = conn.execute(
                 "INSERT INTO ticks (gateway, asset, seq, time, feature_set, vals, "
                 "edge_probability, edge_rul, model_version, received_at) "
-                "SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::float8[], "
-                "%s::int8[], %s::bytea[], %s::float8[], %s::float8[], %s::text[], %s::float8[]) "
+                "SELECT * FROM unnest(%b::text[], %b::text[], %b::int8[], %b::float8[], "
+                "%b::int8[], %b::bytea[], %b::float8[], %b::float8[], %b::text[], %b::float8[]) "
                 "ON CONFLICT DO NOTHING RETURNING gateway, asset, seq", list(cols.values()),
                 binary=True)
             new = {(g, a, int(s)) for g, a, s in cur.fetchall()}
         if shadow["seq"]:
             conn.execute(
                 "INSERT INTO shadow_scores (gateway, asset, seq, model_version, probability, "
-                "rul, tick_time) SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], "
-                "%s::text[], %s::float8[], %s::float8[], %s::float8[]) ON CONFLICT DO NOTHING",
+                "rul, tick_time) SELECT * FROM unnest(%b::text[], %b::text[], %b::int8[], "
+                "%b::text[], %b::float8[], %b::float8[], %b::float8[]) ON CONFLICT DO NOTHING",
                 list(shadow.values()))
         inserted: list[Inserted] = []
         # One upsert row per asset and per gateway, in key order: replicas writing the same
@@ -596,9 +596,9 @@ class PostgresStore:
                     "INSERT INTO predictions (gateway, asset, seq, tick_time, probability, rul, "
                     "edge_probability, edge_rul, diff, rul_diff, model_version, "
                     "edge_model_version, scored_at, error) "
-                    "SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::float8[], "
-                    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], "
-                    "%s::float8[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
+                    "SELECT * FROM unnest(%b::text[], %b::text[], %b::int8[], %b::float8[], "
+                    "%b::float8[], %b::float8[], %b::float8[], %b::float8[], %b::float8[], "
+                    "%b::float8[], %b::text[], %b::text[], %b::float8[], %b::text[]) "
                     "ON CONFLICT DO NOTHING",
                     [[getattr(p, name) for p in rows] for name in PREDICTION_COLUMNS])
             if write.alerts:
