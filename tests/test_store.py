@@ -378,6 +378,14 @@ def test_a_sqlite_file_from_before_versioning_is_upgraded(tmp_path):
     conn = sqlite3.connect(path)
     conn.executescript((DATA / "store_sqlite_v1.sql").read_text())
     conn.close()
+    older = tmp_path / "older.db"  # from before shadow runs: no shadow_scores table yet
+    with sqlite3.connect(older) as conn:
+        conn.executescript((DATA / "store_sqlite_v1.sql").read_text())
+        conn.execute("DROP TABLE shadow_scores")
+    completed = SqliteStore(older)
+    completed.write_ingest([Received(shadow_batch(8, 4), 5.0)], [], [])
+    assert len(completed.shadow_report("shadow-2", 0.5, 0.5)) == 1
+    completed.close()
     store = SqliteStore(path)
     try:
         assert store.schema_version() == 2

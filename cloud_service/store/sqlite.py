@@ -6,8 +6,9 @@ gets its own connection; writes take SQLite's write lock at BEGIN IMMEDIATE and 
 and written with INSERT OR IGNORE, so a redelivered batch changes nothing.
 
 Schema: `MIGRATIONS[i]` takes a database from version i to i + 1; the version is kept in
-`schema_version`. A file made before that table existed is version 1 (its tables are the
-first migration's). Retention deletes old rows in small batches, so writers wait little.
+`schema_version`. A file made before that table existed starts at 0: the first migration is
+the schema that code wrote, with "if not exists" throughout, so it adds only what is missing.
+Retention deletes old rows in small batches, so writers wait little.
 """
 
 from __future__ import annotations
@@ -298,7 +299,9 @@ class SqliteStore:
         if "schema_version" in tables:
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
             return int(row[0] or 0)
-        return 1 if "ticks" in tables else 0  # a file from before versioning
+        # A new file, or one from before versioning: the first migration only creates what
+        # is missing, so it also completes a file made before some of today's tables.
+        return 0
 
     def _migrate(self) -> None:
         """Bring the file to the latest schema, one transaction per step (several processes
@@ -319,9 +322,6 @@ class SqliteStore:
                     conn.execute(statement)
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                              "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
-                if current == 1 and step == 2:
-                    conn.execute("INSERT OR IGNORE INTO schema_version VALUES (1, ?)",
-                                 (time.time(),))
                 conn.execute("INSERT INTO schema_version VALUES (?, ?)", (step, time.time()))
 
     def schema_version(self) -> int:
