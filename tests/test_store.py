@@ -603,3 +603,24 @@ def test_replicas_writing_the_same_ticks_at_once_store_each_once(postgres_url):
     finally:
         for s in stores:
             s.close()
+
+
+def test_retention_steps_aside_for_a_long_reader(postgres_url):
+    """Dropping a partition locks the table; behind a long-running read it would make every
+    writer queue too, so it gives up after a moment and the next pass drops it."""
+    store = PostgresStore(parse_store_url(postgres_url))
+    try:
+        old = batch(0, 5).model_copy(
+            update={"timestamps": T0 - 3 * PARTITION_SECONDS + np.arange(5)})
+        store.write_ingest([Received(old, 1.0), Received(batch(5, 5), 1.0)], [], [])
+        with psycopg.connect(postgres_url) as reader:
+            reader.execute("SELECT count(*) FROM ticks").fetchone()  # holds its lock
+            t0 = time.monotonic()
+            assert store.drop_before(T0 - PARTITION_SECONDS) == 0  # that day kept whole
+            assert time.monotonic() - t0 < 10
+            store.write_ingest([Received(batch(10, 5), 2.0)], [], [])  # writers still go
+        assert store.drop_before(T0 - PARTITION_SECONDS) == 2  # ticks and predictions, now
+        assert [t["seq"] for t in store.ticks("gw1", "a1", -1, None, None, None, 20)] == \
+            list(range(5, 15))
+    finally:
+        store.close()

@@ -18,6 +18,7 @@ the callers retry (ingest keeps its MQTT messages unacknowledged until the commi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -63,6 +64,7 @@ from cloud_service.store.rows import (
     WindowTicks,
 )
 
+log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x70646D01  # advisory lock keys: "pdm" + 1, + 2
 PARTITION_LOCK = 0x70646D02
 PARTITIONED = {"ticks": "time", "predictions": "tick_time"}
@@ -296,14 +298,28 @@ class PostgresStore:
         (whole days only: a partition holding a newer tick stays), and delete the shadow
         scores of those ticks."""
         dropped = 0
+        busy: set[int] = set()
+        # Ticks before predictions: a day whose predictions were gone but ticks not would
+        # look unscored to a scorer recovering at that moment.
         for table in PARTITIONED:
             for name in self.partitions(table):
                 day = self._partition_day(table, name)
-                if (day + 1) * PARTITION_SECONDS > cutoff:
+                if (day + 1) * PARTITION_SECONDS > cutoff or day in busy:
                     continue
-                with self._write() as conn:
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
-                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+                try:
+                    with self._write() as conn:
+                        # Dropping locks the whole table: wait briefly behind a long reader,
+                        # else every writer would queue behind us; the next pass tries again.
+                        conn.execute("SET LOCAL lock_timeout = '2s'")
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+                        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                            sql.Identifier(name)))
+                except StoreUnavailable as exc:
+                    if not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                        raise
+                    log.warning("retention: %s is busy, dropping it on a later pass", name)
+                    busy.add(day)
+                    continue
                 with self._lock:
                     self._partitions.discard(("ticks", day))
                 dropped += 1

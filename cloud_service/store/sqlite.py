@@ -550,8 +550,10 @@ class SqliteStore:
         """Delete ticks, predictions and shadow scores of ticks older than `cutoff`, a few
         thousand rows per transaction so ingest and scoring are held up only briefly."""
         removed = 0
-        for table, column in (("predictions", "tick_time"), ("shadow_scores", None),
-                              ("ticks", "time")):
+        # Ticks before predictions: a window whose prediction was gone but its tick not would
+        # look unscored to a scorer recovering at that moment.
+        for table, column in (("shadow_scores", None), ("ticks", "time"),
+                              ("predictions", "tick_time")):
             while True:
                 with self._write() as conn:
                     if column is None:  # shadow scores carry no time: follow their ticks
