@@ -51,7 +51,9 @@ class StoreConfig(Section):
         None, description="PostgreSQL password (set PDM_CLOUD_STORE__PASSWORD)")
     password_file: Path | None = Field(
         None, description="PostgreSQL password read from this file (a mounted secret)")
-    pool_size: int = Field(8, ge=1, le=200, description="PostgreSQL connections at most")
+    pool_size: int = Field(
+        8, ge=2, le=200, description="PostgreSQL connections at most (recovery holds one "
+                                     "while it looks up others)")
     pool_timeout: float = Field(
         10, gt=0, le=600, description="seconds a store call waits for a PostgreSQL connection "
                                       "before it fails (and its caller retries)")
