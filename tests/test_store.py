@@ -338,7 +338,8 @@ def test_store_urls_are_parsed_and_bad_ones_named():
                      ("postgresql://db.internal", "needs a host and a database"),
                      ("sqlite://host/x.db", "has no host"),
                      ("postgresql://u@h:99999/d", "port"),
-                     ("postgresql://u:hunter2@h/d", "must not carry a password")):
+                     ("postgresql://u:hunter2@h/d", "must not carry a password"),
+                     ("postgresql://u@h/d?password=hunter2", "must not carry a password")):
         with pytest.raises(StoreError, match=why) as info:
             parse_store_url(bad)
         assert "hunter2" not in str(info.value)

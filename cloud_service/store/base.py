@@ -90,7 +90,7 @@ def parse_store_url(url: str) -> StoreUrl:
             raise StoreError(f"store.url {url!r} names no file; write sqlite:///var/cloud.db")
         return StoreUrl("sqlite", path=Path(path))
     if scheme in ("postgresql", "postgres"):
-        if parts.password is not None:
+        if parts.password is not None or "password" in parse_qs(parts.query):
             raise StoreError("store.url must not carry a password: put it in "
                              "store.password_file or PDM_CLOUD_STORE__PASSWORD")
         try:
