@@ -88,7 +88,7 @@ def run(broker: Mosquitto, work: Path, replicas: int, payloads: list[bytes],
             port = free_port()
             doc = {"broker": {"host": broker.host, "port": broker.port},
                    "client_id": f"{group}-{i}", "share_group": group,
-                   "store": {"path": str(work / f"{group}.db")},  # one file, WAL
+                   "store": {"url": f"sqlite:///{work / f'{group}.db'}"},  # one file, WAL
                    "bundle": {"path": str(BUNDLE), "trusted_keys": [str(BUNDLE_KEY)]},
                    "registry": {"path": str(work / f"{group}-{i}-bundles")},
                    "api_token": TOKEN, "http": {"host": "127.0.0.1", "port": port},

@@ -17,9 +17,9 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -35,7 +35,7 @@ from cloud_service.config import CloudConfig
 from cloud_service.deadletters import REASONS
 from cloud_service.rollouts import RolloutError
 from cloud_service.service import Service
-from cloud_service.store import ModelConflict
+from cloud_service.store import AssetRow, ModelConflict, ModelRow
 from contract.errors import ContractError
 from contract.payloads import AlertState
 
@@ -171,7 +171,7 @@ def _ops_routes() -> APIRouter:
     return r
 
 
-def _asset_out(row: dict) -> schemas.Asset:
+def _asset_out(row: AssetRow) -> schemas.Asset:
     return schemas.Asset(
         gateway=row["gateway"], asset=row["asset"], first_seen=row["first_seen"],
         last_seen=row["last_seen"], last_seq=row["last_seq"], ticks=row["ticks"] or 0,
@@ -182,7 +182,7 @@ def _asset_out(row: dict) -> schemas.Asset:
         edge_model_version=row["edge_model_version"])
 
 
-def _model_out(row: dict, request: Request) -> schemas.Model:
+def _model_out(row: ModelRow, request: Request) -> schemas.Model:
     service = service_of(request)
     scoring = service.manifest is not None and service.manifest.version == row["version"]
     return schemas.Model(
@@ -359,7 +359,7 @@ def _api_routes() -> APIRouter:
     return r
 
 
-def _weighted(rows: list[dict], key: str, weight: str) -> float | None:
+def _weighted(rows: Sequence[Mapping[str, Any]], key: str, weight: str) -> float | None:
     """The fleet-wide share from per-asset shares."""
     total = sum(r[weight] for r in rows if r[key] is not None)
     if not total:

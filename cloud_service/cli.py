@@ -38,6 +38,13 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="service YAML fi
     cfg = _config(config)
     logging.basicConfig(level=cfg.log.level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cloud_service.store import StoreError, open_store
+
+    try:  # fail early, in one line, on a store that cannot be opened (and migrate it)
+        open_store(cfg.store).close()
+    except StoreError as exc:
+        typer.echo(f"store: {exc}", err=True)
+        raise typer.Exit(3) from None
     import uvicorn
 
     from cloud_service.api import create_app

@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from cloud_service.config import CloudConfig
 from cloud_service.deadletters import DeadLetter
 from cloud_service.metrics import Metrics
-from cloud_service.store import Inserted, Received, ReportUpdate, StatusUpdate, Store
+from cloud_service.store import IngestStore, Inserted, Received, ReportUpdate, StatusUpdate
 from contract import codec, topics
 from contract.errors import ContractError
 from contract.payloads import GatewayStatus, UpdateReport
@@ -100,7 +100,7 @@ class _Message:
 class Consumer:
     """Connects, subscribes, stores, acknowledges; reconnects with backoff on its own."""
 
-    def __init__(self, cfg: CloudConfig, store: Store, metrics: Metrics,
+    def __init__(self, cfg: CloudConfig, store: IngestStore, metrics: Metrics,
                  on_inserted: Callable[[list[Inserted]], None] = lambda _: None) -> None:
         self.cfg = cfg
         self.store = store
@@ -282,7 +282,8 @@ class Consumer:
                 inserted = self.store.write_ingest(batches, statuses, dead, reports)
                 self.store_error = None
                 return inserted
-            except Exception as exc:  # disk full, locked, I/O error: retry, never drop
+            except Exception as exc:  # disk full, locked, database down: retry, never drop
+                self.metrics.store_errors.labels("ingest").inc()
                 self.store_error = f"store write failed: {exc}"
                 log.error("%s; retrying in %.1fs", self.store_error, delay)
                 if self._stopping.wait(delay):

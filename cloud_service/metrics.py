@@ -58,6 +58,16 @@ class Metrics:
                                 "edge's decision agreed or overruled", ["outcome"], registry=r)
         self.alerts = Counter("pdm_cloud_alerts", "cloud alert transitions, by new state",
                               ["state"], registry=r)
+        self.store_errors = Counter("pdm_cloud_store_errors", "store operations that failed "
+                                    "(connection lost, database down, disk full) and were "
+                                    "retried, by caller", ["caller"], registry=r)
+        for caller in ("ingest", "scoring", "readiness", "retention"):
+            self.store_errors.labels(caller)
+        self.store_up = Gauge("pdm_cloud_store_up", "1 while the store took a write at the "
+                              "last readiness check", registry=r)
+        self.retention_removed = Counter("pdm_cloud_retention_removed", "rows (SQLite) or day "
+                                         "partitions (PostgreSQL) removed by retention",
+                                         registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
 

@@ -27,7 +27,8 @@ from cloud_service.store import (
     Inserted,
     PredictionRow,
     ScoreWrite,
-    Store,
+    ScoringStore,
+    StoreError,
     WindowTicks,
 )
 from cloud_service.windows import (
@@ -50,7 +51,7 @@ Publish = Callable[[str, bytes], object]
 
 
 class Scorer:
-    def __init__(self, store: Store, model: BatchModel, manifest: Manifest, metrics: Metrics,
+    def __init__(self, store: ScoringStore, model: BatchModel, manifest: Manifest, metrics: Metrics,
                  publish: Publish, batch_max: int = 512, max_delay: float = 0.05,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -123,6 +124,11 @@ class Scorer:
                 self.step(wait=True)
                 self.last_error = None
             except Exception as exc:  # keep scoring; the windows stay pending in the store
+                if isinstance(exc, StoreError):
+                    # The alert machines may have moved past what was committed, and the
+                    # windows of the failed batch left the queue: start again from the store.
+                    self.metrics.store_errors.labels("scoring").inc()
+                    self.recovered.clear()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("scoring failed; retrying")
                 self._stopping.wait(1.0)

@@ -109,7 +109,7 @@ def main() -> int:
         cloud_cfg.write_text(yaml.safe_dump({
             "broker": {"host": broker.host, "port": broker.port, "tls": tls(certs.cloud)},
             "client_id": "pdm-cloud-demo", "api_token": token,
-            "store": {"path": str(work / "cloud.db")},
+            "store": {"url": f"sqlite:///{work / 'cloud.db'}"},
             "registry": {"path": str(work / "bundles")},
             "bundle": {"path": str(REPO / "models/default"),
                        "trusted_keys": [str(REPO / "models/default_signing_key.pub")]},

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from cloud_service.testing import make_bundle
+    from tests.support.cloud import make_bundle
     from tests.test_cloud_service import FEATURES
 
     root = tmp_path_factory.mktemp("bundle")

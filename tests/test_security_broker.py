@@ -27,7 +27,7 @@ from cloud_service.config import CloudConfig
 from cloud_service.ingest import Consumer
 from cloud_service.metrics import Metrics
 from cloud_service.pki import PkiLayout
-from cloud_service.store import SqliteStore
+from cloud_service.store import open_store
 from contract import codec, topics
 from contract.payloads import GatewayStatus, UplinkBatch
 from tests.conftest import DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY, REPO
@@ -409,10 +409,10 @@ def test_the_password_file_alternative_keeps_the_same_acl(tmp_path):
             broker={"host": broker.host, "port": broker.port, "username": "pdm-cloud",
                     "password": secrets["pdm-cloud"]},
             client_id=f"cloud-{uuid.uuid4().hex[:8]}", api_token="test-token-0123456789",
-            store={"path": str(tmp_path / "cloud.db"), "synchronous": "NORMAL"},
+            store={"url": f"sqlite:///{tmp_path / 'cloud.db'}", "synchronous": "NORMAL"},
             bundle={"path": str(DEFAULT_BUNDLE), "trusted_keys": [str(DEFAULT_BUNDLE_KEY)]},
             registry={"path": str(tmp_path / "bundles")})
-        store = SqliteStore(cfg.store.path, "NORMAL")
+        store = open_store(cfg.store)
         consumer = Consumer(cfg, store, Metrics())
         consumer.start()
         try:
@@ -439,10 +439,10 @@ def test_the_cloud_never_stores_a_spoofed_tick(shipped, pki_dir, clients, tmp_pa
         client_id=f"cloud-{uuid.uuid4().hex[:8]}", api_token="test-token-0123456789",
         # Its own group: its persistent session must not take a share of later tests' uplink.
         share_group=f"spoof-{uuid.uuid4().hex[:8]}",
-        store={"path": str(tmp_path / "cloud.db"), "synchronous": "NORMAL"},
+        store={"url": f"sqlite:///{tmp_path / 'cloud.db'}", "synchronous": "NORMAL"},
         bundle={"path": str(DEFAULT_BUNDLE), "trusted_keys": [str(DEFAULT_BUNDLE_KEY)]},
         registry={"path": str(tmp_path / "bundles")})
-    store = SqliteStore(cfg.store.path, "NORMAL")
+    store = open_store(cfg.store)
     metrics = Metrics()
     consumer = Consumer(cfg, store, metrics)
     consumer.start()

@@ -185,7 +185,7 @@ def test_attacks_sent_through_a_real_broker_end_as_counted_dead_letters(tmp_path
 
 @pytest.fixture(scope="module")
 def bundle_for_security(tmp_path_factory):
-    from cloud_service.testing import make_bundle
+    from tests.support.cloud import make_bundle
     from tests.test_cloud_service import FEATURES, W
 
     root = tmp_path_factory.mktemp("bundle")

@@ -31,7 +31,7 @@ class System:
         self.cloud_cfg.write_text(yaml.safe_dump({
             "broker": {"host": self.uplink.host, "port": self.uplink.port},
             "client_id": "pdm-cloud-systest", "api_token": TOKEN,
-            "store": {"path": str(work / "cloud.db")},
+            "store": {"url": f"sqlite:///{work / 'cloud.db'}"},
             "registry": {"path": str(work / "registry")},
             "bundle": {"path": str(bundle), "trusted_keys": [str(bundle_key)]},
             "http": {"host": "127.0.0.1", "port": self.http_port},
