@@ -58,6 +58,18 @@ class Metrics:
                                 "edge's decision agreed or overruled", ["outcome"], registry=r)
         self.alerts = Counter("pdm_cloud_alerts", "cloud alert transitions, by new state",
                               ["state"], registry=r)
+        self.assets_owned = Gauge("pdm_cloud_assets_owned", "assets this replica scores",
+                                  registry=r)
+        self.replicas_live = Gauge("pdm_cloud_replicas_live", "replicas holding a live lease",
+                                   registry=r)
+        self.leader = Gauge("pdm_cloud_leader", "1 while this replica holds the leader lease",
+                            registry=r)
+        self.scores_refused = Counter("pdm_cloud_scores_refused", "window scores not stored "
+                                      "because another replica had taken the asset over",
+                                      registry=r)
+        self.window_gaps_skipped = Counter("pdm_cloud_window_gaps_skipped", "holes in an "
+                                           "asset's ticks given up on after scoring.gap_wait",
+                                           registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
 

@@ -28,7 +28,9 @@ import numpy as np
 from sqlite_utils import Database
 
 from cloud_service.deadletters import DeadLetter
-from contract.payloads import GatewayStatus, UpdateReport, UplinkBatch
+from cloud_service.ownership import Membership, OwnedAsset, OwnershipError
+from contract.alerting import MachineState
+from contract.payloads import AlertState, GatewayStatus, UpdateReport, UplinkBatch
 
 AssetKey = tuple[str, str]
 BUSY_TIMEOUT_MS = 30_000
@@ -126,6 +128,8 @@ class AssetScore:
     state_since: float
     model_version: str
     scored_at: float
+    pending: str | None = None  # the state the dwell is counting towards, and how far
+    pending_count: int = 0
 
 
 @dataclass
@@ -133,6 +137,13 @@ class ScoreWrite:
     predictions: list[PredictionRow] = field(default_factory=list)
     alerts: list[AlertRow] = field(default_factory=list)
     assets: list[AssetScore] = field(default_factory=list)
+
+
+def _without(write: ScoreWrite, keys: set[AssetKey]) -> ScoreWrite:
+    return ScoreWrite(
+        predictions=[p for p in write.predictions if (p.gateway, p.asset) not in keys],
+        alerts=[a for a in write.alerts if (a.gateway, a.asset) not in keys],
+        assets=[a for a in write.assets if a.key not in keys])
 
 
 class ModelConflict(ValueError):
@@ -150,7 +161,13 @@ class Store(Protocol):
     def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]: ...
     def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks: ...
     def feature_set(self, feature_set_id: int) -> tuple[str, ...]: ...
-    def write_scores(self, write: ScoreWrite) -> None: ...
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> set[AssetKey]: ...
+    def heartbeat(self, replica: str, token: str, lease: float) -> Membership: ...
+    def claim_assets(self, replica: str, limit: int) -> list[AssetKey]: ...
+    def release_assets(self, replica: str, keys: Iterable[AssetKey]) -> None: ...
+    def leave(self, replica: str, token: str) -> None: ...
+    def owned_assets(self, replica: str,
+                     seen_since: float | None = None) -> list[OwnedAsset]: ...
     def asset_scores(self) -> dict[AssetKey, tuple[str, int, float | None]]: ...
     def check_writable(self) -> None: ...
     def gateways(self) -> list[dict]: ...
@@ -307,6 +324,20 @@ class SqliteStore:
         }, pk=("rollout_id", "gateway"), foreign_keys=[("rollout_id", "rollouts", "id")],
             if_not_exists=True)
         db["health"].create({"id": int, "checked_at": float}, pk="id", if_not_exists=True)
+        # Ownership (cloud_service/ownership.py): replica leases, the leader lease, and on each
+        # asset its owner and its alert machine's dwell progress.
+        db["replicas"].create({
+            "replica": str, "token": str, "started_at": float, "heartbeat_at": float,
+            "expires_at": float,
+        }, pk="replica", if_not_exists=True)
+        db["leader"].create({"id": int, "holder": str, "expires_at": float}, pk="id",
+                            if_not_exists=True)
+        columns = db["assets"].columns_dict
+        for name, kind in (("owner", str), ("cloud_pending", str),
+                           ("cloud_pending_count", int)):
+            if name not in columns:
+                db["assets"].add_column(name, kind)
+        db["assets"].create_index(["owner", "last_seen"], if_not_exists=True)
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -490,8 +521,22 @@ class SqliteStore:
             self._feature_ids[names] = feature_set_id
         return names
 
-    def write_scores(self, write: ScoreWrite) -> None:
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> set[AssetKey]:
+        """Store one batch of scores. With `owner`, only the assets whose row still names that
+        replica as owner are written (checked inside the transaction); the others are returned,
+        so the caller drops them and publishes nothing for them."""
         with self._write() as conn:
+            refused: set[AssetKey] = set()
+            if owner is not None:
+                keys = ({(p.gateway, p.asset) for p in write.predictions}
+                        | {a.key for a in write.assets})
+                for key in keys:
+                    row = conn.execute("SELECT owner FROM assets WHERE gateway = ? AND asset = ?",
+                                       key).fetchone()
+                    if row is None or row[0] != owner:
+                        refused.add(key)
+                if refused:
+                    write = _without(write, refused)
             conn.executemany(
                 "INSERT OR IGNORE INTO predictions (gateway, asset, seq, tick_time, probability, "
                 "rul, edge_probability, edge_rul, diff, rul_diff, model_version, "
@@ -508,10 +553,90 @@ class SqliteStore:
                   a.rul, a.model_version, a.tick_time, a.published_at) for a in write.alerts])
             conn.executemany(
                 "UPDATE assets SET cloud_seq = ?, cloud_probability = ?, cloud_rul = ?, "
-                "cloud_state = ?, cloud_state_since = ?, cloud_model_version = ?, scored_at = ? "
+                "cloud_state = ?, cloud_state_since = ?, cloud_model_version = ?, scored_at = ?, "
+                "cloud_pending = ?, cloud_pending_count = ? "
                 "WHERE gateway = ? AND asset = ? AND coalesce(cloud_seq, -1) < ?",
                 [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
-                  a.scored_at, *a.key, a.seq) for a in write.assets])
+                  a.scored_at, a.pending, a.pending_count, *a.key, a.seq)
+                 for a in write.assets])
+        return refused
+
+    # -- ownership (cloud_service/ownership.py) ---------------------------------------------
+
+    def heartbeat(self, replica: str, token: str, lease: float) -> Membership:
+        """Renew this replica's lease (taking over its id only from an expired holder), try
+        for the leader lease, and count live replicas, assets and the assets it owns."""
+        now = time.time()
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.execute(
+                "INSERT INTO replicas (replica, token, started_at, heartbeat_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (replica) DO UPDATE SET "
+                "token = excluded.token, heartbeat_at = excluded.heartbeat_at, "
+                "expires_at = excluded.expires_at, started_at = CASE WHEN token = excluded.token "
+                "  THEN started_at ELSE excluded.started_at END "
+                "WHERE token = excluded.token OR expires_at < excluded.heartbeat_at",
+                (replica, token, now, now, now + lease))
+            if conn.total_changes == before:
+                raise OwnershipError(
+                    f"another live replica uses the id {replica!r}; give every replica its "
+                    "own client_id")
+            before = conn.total_changes
+            conn.execute(
+                "INSERT INTO leader (id, holder, expires_at) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at WHERE holder = excluded.holder "
+                "OR expires_at < ?", (replica, now + lease, now))
+            leader = conn.total_changes > before
+            (live,) = conn.execute("SELECT count(*) FROM replicas WHERE expires_at >= ?",
+                                   (now,)).fetchone()
+            (assets,) = conn.execute("SELECT count(*) FROM assets").fetchone()
+            (owned,) = conn.execute("SELECT count(*) FROM assets WHERE owner = ?",
+                                    (replica,)).fetchone()
+        return Membership(live, assets, owned, leader)
+
+    def claim_assets(self, replica: str, limit: int) -> list[AssetKey]:
+        """Take up to `limit` assets that have no owner or whose owner's lease expired."""
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE assets SET owner = ? WHERE rowid IN (SELECT rowid FROM assets "
+                "WHERE owner IS NULL OR owner NOT IN "
+                "(SELECT replica FROM replicas WHERE expires_at >= ?) "
+                "ORDER BY gateway, asset LIMIT ?) RETURNING gateway, asset",
+                (replica, time.time(), limit)).fetchall()
+        return [(g, a) for g, a in rows]
+
+    def release_assets(self, replica: str, keys: Iterable[AssetKey]) -> None:
+        with self._write() as conn:
+            conn.executemany("UPDATE assets SET owner = NULL WHERE owner = ? AND gateway = ? "
+                             "AND asset = ?", [(replica, *key) for key in keys])
+
+    def leave(self, replica: str, token: str) -> None:
+        """A clean stop: give up every asset and the leases at once, so others need not wait
+        for them to expire."""
+        with self._write() as conn:
+            conn.execute("UPDATE assets SET owner = NULL WHERE owner = ?", (replica,))
+            conn.execute("DELETE FROM leader WHERE holder = ?", (replica,))
+            conn.execute("DELETE FROM replicas WHERE replica = ? AND token = ?", (replica, token))
+
+    def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
+        """The assets this replica owns (those that received ticks since `seen_since` only,
+        when given), with their scoring position and alert machine state."""
+        sql = ("SELECT gateway, asset, ticks, last_seq, cloud_seq, cloud_state, cloud_pending, "
+               "cloud_pending_count, cloud_state_since FROM assets WHERE owner = ?")
+        params: list[Any] = [replica]
+        if seen_since is not None:
+            sql += " AND last_seen >= ?"
+            params.append(seen_since)
+        return [OwnedAsset(
+            key=(g, a), ticks=n, last_seq=last, scored_seq=seq,
+            machine=MachineState(AlertState(state or "NORMAL"),
+                                 AlertState(pending) if pending else None, count or 0),
+            state_since=since)
+            for g, a, n, last, seq, state, pending, count, since
+            in self._db().conn.execute(sql, params)]
 
     def asset_scores(self) -> dict[AssetKey, tuple[str, int, float | None]]:
         """Per asset: cloud alert state, seq of the last window fed to the alert machine, and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zlib
 
 import msgpack
@@ -41,7 +42,7 @@ def manifest(window: int = W, features=FEATURES, **thresholds) -> Manifest:
         "features": list(features), "window": window,
         "normalisation": {"method": "zscore", "offset": [1.0] * len(features),
                           "scale": [2.0] * len(features)},
-        "horizon": 30, "rul_cap": 100.0, "thresholds": {"dwell": 1, **thresholds},
+        "horizon": 30, "rul_cap": 100.0, "thresholds": {"dwell": 1} | thresholds,
         "edge": {"file": "e.tflite", "quantization": "int8"},
         "files": {"model.keras": "0" * 64, "model_float.tflite": "0" * 64, "e.tflite": "0" * 64},
     })
@@ -240,7 +241,7 @@ def test_redelivered_batch_changes_nothing(tmp_path):
     store.close()
 
 
-def test_every_complete_window_is_scored_once_even_when_a_gap_fills_late(tmp_path):
+def test_every_complete_window_is_scored_once_in_order_even_when_a_gap_fills_late(tmp_path):
     store = SqliteStore(tmp_path / "c.db")
     m = manifest()
     scorer, model, _ = scorer_for(store, m, batch_max=8)
@@ -248,10 +249,12 @@ def test_every_complete_window_is_scored_once_even_when_a_gap_fills_late(tmp_pat
     for b in (batch(0, 10), batch(15, 10), batch(0, 10, asset="a2")):
         scorer.notify(store.write_ingest([Received(b, 1.0)], [], []))
     scorer.drain()
+    # The windows past the hole (ticks 10..14 not stored yet) wait, so the alert machine sees
+    # the asset's windows in order.
     preds = {r["seq"] for r in store.predictions("gw1", "a1", -1, None, 1000)}
-    assert preds == set(range(4, 10)) | set(range(19, 25))
+    assert preds == set(range(4, 10))
     assert max(model.calls) <= 8
-    # The gap arrives (and a copy of a known batch): only the windows it completes are scored.
+    # The gap arrives (and a copy of a known batch): the rest is scored, each window once.
     scorer.notify(store.write_ingest([Received(batch(10, 5), 2.0), Received(batch(0, 10), 2.0)],
                                      [], []))
     scorer.drain()
@@ -262,6 +265,122 @@ def test_every_complete_window_is_scored_once_even_when_a_gap_fills_late(tmp_pat
     assert row["edge_probability"] == pytest.approx(0.3)
     assert row["diff"] == pytest.approx(abs(row["probability"] - 0.3))
     assert sum(model.calls) == 21 + 6
+    assert store.asset("gw1", "a1")["cloud_seq"] == 24
+    store.close()
+
+
+def test_a_hole_that_never_fills_is_skipped_after_gap_wait(tmp_path):
+    store = SqliteStore(tmp_path / "c.db")
+    m = manifest()
+    now = [100.0]
+    scorer = Scorer(store, FakeModel(m), m, Metrics(), lambda t, p: None, max_delay=0,
+                    clock=lambda: now[0], gap_wait=30)
+    scorer.recover()
+    scorer.notify(store.write_ingest([Received(batch(0, 10), 1.0),
+                                      Received(batch(15, 10), 1.0)], [], []))
+    scorer.drain()
+    assert len(store.predictions("gw1", "a1", -1, None, 1000)) == 6
+    now[0] += 31
+    scorer.drain()
+    seqs = [r["seq"] for r in store.predictions("gw1", "a1", -1, None, 1000)]
+    assert seqs == list(range(4, 10)) + list(range(19, 25))
+    assert scorer.metrics.window_gaps_skipped._value.get() == 1
+    # The lost ticks turn up after all: their windows are scored, behind the frontier.
+    scorer.notify(store.write_ingest([Received(batch(10, 5), 2.0)], [], []))
+    scorer.drain()
+    seqs = [r["seq"] for r in store.predictions("gw1", "a1", -1, None, 1000)]
+    assert seqs == list(range(4, 25))
+    assert store.asset("gw1", "a1")["cloud_seq"] == 24
+    store.close()
+
+
+def replica(store, m, name: str, published: list, clock=time.time, model=None):
+    return Scorer(store, model or FakeModel(m), m, Metrics(),
+                  lambda t, p: published.append((name, json.loads(p))), max_delay=0,
+                  replica=name, lease_seconds=5, clock=clock)
+
+
+def test_replicas_split_the_assets_and_each_window_is_scored_by_its_owner_only(tmp_path):
+    store = SqliteStore(tmp_path / "c.db")
+    m = manifest()
+    store.write_ingest([Received(batch(0, 12, asset=f"a{i}"), 1.0) for i in range(6)], [], [])
+    published: list = []
+    first, second = (replica(store, m, n, published) for n in ("r1", "r2"))
+    first.heartbeat()
+    assert len(first.owned) == 6  # alone, it takes the whole fleet
+    second.heartbeat()  # joins: the first gives up half at its next heartbeat
+    first.heartbeat()
+    second.heartbeat()
+    assert len(first.owned) == len(second.owned) == 3
+    assert not first.owned & second.owned
+    first.drain()
+    second.drain()
+    preds = store.predictions
+    for i in range(6):
+        assert [r["seq"] for r in preds("gw1", f"a{i}", -1, None, 100)] == list(range(4, 12))
+    assert sum(first.model.calls) + sum(second.model.calls) == 6 * 8  # nothing scored twice
+    store.close()
+
+
+def test_a_replica_that_lost_an_asset_can_neither_store_nor_publish_its_scores(tmp_path):
+    store = SqliteStore(tmp_path / "c.db")
+    m = manifest()
+    published: list = []
+    now = [1000.0]
+    stale = replica(store, m, "r1", published)
+    stale.heartbeat()
+    store.write_ingest([Received(batch(0, 12, level=3.0), 1.0)], [], [])
+    stale.heartbeat()
+    assert stale.owned == {("gw1", "a1")}
+    # r1 stalls; its lease runs out and r2 takes the asset over while r1 does not know yet.
+    store._db().conn.execute("UPDATE replicas SET expires_at = 0 WHERE replica = 'r1'")
+    fresh = replica(store, m, "r2", published, clock=lambda: now[0])
+    fresh.heartbeat()
+    assert fresh.owned == {("gw1", "a1")}
+    stale.scan()
+    stale.step()  # scores the windows it still thinks it owns: the store refuses them
+    assert store.predictions("gw1", "a1", -1, None, 100) == []
+    assert published == [] and ("gw1", "a1") not in stale.owned
+    assert stale.metrics.scores_refused._value.get() == 8
+    fresh.drain()
+    assert len(store.predictions("gw1", "a1", -1, None, 100)) == 8
+    assert [(n, e["new_state"]) for n, e in published] == [("r2", "CRITICAL")]
+    store.close()
+
+
+def test_a_takeover_continues_the_alert_machine_mid_dwell(tmp_path):
+    """Scores asking for CRITICAL one window short of the dwell on the first replica, then one
+    more on the second: the second raises the alert exactly where one replica would."""
+    store = SqliteStore(tmp_path / "c.db")
+    m = manifest()
+    m = manifest(dwell=3)
+    dwell = m.thresholds.dwell
+    w = m.window
+    published: list = []
+    first = replica(store, m, "r1", published)
+    first.heartbeat()
+    store.write_ingest([Received(batch(0, w - 1 + dwell - 1, level=3.0), 1.0)], [], [])
+    first.drain()
+    assert published == []
+    assert store.asset("gw1", "a1")["cloud_pending_count"] == dwell - 1
+    first.stop()  # hands its assets back
+    second = replica(store, m, "r2", published)
+    second.heartbeat()
+    store.write_ingest([Received(batch(w - 1 + dwell - 1, 1, level=3.0), 2.0)], [], [])
+    second.drain()
+    assert [(n, e["new_state"], e["seq"]) for n, e in published] == [
+        ("r2", "CRITICAL", w - 1 + dwell - 1)]
+    store.close()
+
+
+def test_two_live_replicas_with_one_id_are_refused(tmp_path):
+    from cloud_service.ownership import OwnershipError
+
+    store = SqliteStore(tmp_path / "c.db")
+    m = manifest()
+    replica(store, m, "same", []).heartbeat()
+    with pytest.raises(OwnershipError, match="another live replica uses the id 'same'"):
+        replica(store, m, "same", []).heartbeat()
     store.close()
 
 
@@ -273,7 +392,9 @@ def test_a_restarted_scorer_finds_unscored_windows_and_keeps_alert_state(tmp_pat
     first.notify(store.write_ingest([Received(batch(0, 12, level=3.0), 1.0)], [], []))
     first.drain()
     assert [json.loads(p)["new_state"] for _, p in published] == ["CRITICAL"]
-    # Ticks stored while no scorer ran (a crash between commit and scoring):
+    # Ticks stored while no scorer ran (a crash between commit and scoring); the crashed
+    # replica's lease has run out by the time it comes back:
+    store._db().conn.execute("UPDATE replicas SET expires_at = 0")
     store.write_ingest([Received(batch(12, 8, level=3.0), 2.0)], [], [])
     second, model, published2 = scorer_for(store, m)
     second.drain()
