@@ -67,6 +67,9 @@ class Metrics:
         self.scores_refused = Counter("pdm_cloud_scores_refused", "window scores not stored "
                                       "because another replica had taken the asset over",
                                       registry=r)
+        self.windows_scored_twice = Counter(
+            "pdm_cloud_windows_scored_twice", "windows whose prediction another scorer had "
+            "stored already (ownership should make this 0)", registry=r)
         self.window_gaps_skipped = Counter("pdm_cloud_window_gaps_skipped", "holes in an "
                                            "asset's ticks given up on after scoring.gap_wait",
                                            registry=r)

@@ -476,10 +476,14 @@ class Scorer:
                 diff=None, rul_diff=None, model_version=version,
                 edge_model_version=t.edge_model[last], scored_at=scored_at, error=why))
         try:
-            refused = self.store.write_scores(write, owner=self.replica)
+            stored = self.store.write_scores(write, owner=self.replica)
         except BaseException:
             self._restore_machines(before)  # nothing stored: they will see these again
             raise
+        refused = stored.refused
+        if stored.duplicates:
+            log.error("%d window(s) had been scored already", stored.duplicates)
+            self.metrics.windows_scored_twice.inc(stored.duplicates)
         if refused:
             log.info("%d asset(s) were taken over by another replica; their %d scores are "
                      "left to it", len(refused),

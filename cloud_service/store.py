@@ -146,6 +146,15 @@ def _without(write: ScoreWrite, keys: set[AssetKey]) -> ScoreWrite:
         assets=[a for a in write.assets if a.key not in keys])
 
 
+@dataclass(frozen=True)
+class ScoresStored:
+    """What a fenced score write did: assets refused (another replica owns them now) and
+    predictions that were already stored (a window scored twice; never expected)."""
+
+    refused: set[AssetKey]
+    duplicates: int
+
+
 class ModelConflict(ValueError):
     """A model version is already registered with other content."""
 
@@ -161,7 +170,7 @@ class Store(Protocol):
     def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]: ...
     def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks: ...
     def feature_set(self, feature_set_id: int) -> tuple[str, ...]: ...
-    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> set[AssetKey]: ...
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> ScoresStored: ...
     def heartbeat(self, replica: str, token: str, lease: float) -> Membership: ...
     def claim_assets(self, replica: str, limit: int) -> list[AssetKey]: ...
     def release_assets(self, replica: str, keys: Iterable[AssetKey]) -> None: ...
@@ -337,6 +346,8 @@ class SqliteStore:
                            ("cloud_pending_count", int)):
             if name not in columns:
                 db["assets"].add_column(name, kind)
+        if "scored_by" not in db["predictions"].columns_dict:
+            db["predictions"].add_column("scored_by", str)
         db["assets"].create_index(["owner", "last_seen"], if_not_exists=True)
 
     # -- ingest ----------------------------------------------------------------------------
@@ -521,7 +532,7 @@ class SqliteStore:
             self._feature_ids[names] = feature_set_id
         return names
 
-    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> set[AssetKey]:
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> ScoresStored:
         """Store one batch of scores. With `owner`, only the assets whose row still names that
         replica as owner are written (checked inside the transaction); the others are returned,
         so the caller drops them and publishes nothing for them."""
@@ -537,14 +548,17 @@ class SqliteStore:
                         refused.add(key)
                 if refused:
                     write = _without(write, refused)
+            before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO predictions (gateway, asset, seq, tick_time, probability, "
                 "rul, edge_probability, edge_rul, diff, rul_diff, model_version, "
-                "edge_model_version, scored_at, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "edge_model_version, scored_at, error, scored_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(p.gateway, p.asset, p.seq, p.tick_time, p.probability, p.rul,
                   p.edge_probability, p.edge_rul, p.diff, p.rul_diff, p.model_version,
-                  p.edge_model_version, p.scored_at, p.error) for p in write.predictions])
+                  p.edge_model_version, p.scored_at, p.error, owner)
+                 for p in write.predictions])
+            duplicates = len(write.predictions) - (conn.total_changes - before)
             conn.executemany(
                 "INSERT OR IGNORE INTO alerts (gateway, asset, seq, source, old_state, new_state, "
                 "probability, rul, model_version, tick_time, published_at) "
@@ -559,7 +573,7 @@ class SqliteStore:
                 [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
                   a.scored_at, a.pending, a.pending_count, *a.key, a.seq)
                  for a in write.assets])
-        return refused
+        return ScoresStored(refused, duplicates)
 
     # -- ownership (cloud_service/ownership.py) ---------------------------------------------
 
