@@ -139,6 +139,14 @@ class ScoringConfig(Section):
     batch_max: int = Field(512, ge=1, le=65536, description="windows per model call at most")
     max_delay: float = Field(
         0.05, ge=0, le=60, description="seconds a window may wait for its batch to fill")
+    lease_seconds: float = Field(
+        10, ge=1, le=300, description="a replica that stops renewing its lease for this long "
+                                      "loses its assets to the others")
+    gap_wait: float = Field(
+        60, ge=0, le=86_400, description="seconds an asset's windows wait for a missing tick "
+                                         "before scoring goes on past it")
+    scan_interval: float = Field(
+        0.25, gt=0, le=60, description="seconds between looks for ticks other replicas stored")
 
 
 class IngestConfig(Section):

@@ -66,6 +66,7 @@ class Prediction(BaseModel):
     edge_model_version: str | None = None
     scored_at: float | None = None
     error: str | None = Field(None, description="why the window could not be scored")
+    scored_by: str | None = Field(None, description="the replica that scored the window")
 
 
 class PredictionPage(BaseModel):

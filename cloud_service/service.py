@@ -64,7 +64,9 @@ class Service:
             sc = self.cfg.scoring
             self.scorer = Scorer(self.store, model, manifest, self.metrics,
                                  publish=self.consumer.publish, batch_max=sc.batch_max,
-                                 max_delay=sc.max_delay)
+                                 max_delay=sc.max_delay, replica=self.cfg.client_id,
+                                 lease_seconds=sc.lease_seconds, gap_wait=sc.gap_wait,
+                                 scan_interval=sc.scan_interval)
             self.scorer.start()
         self.consumer.start()
         if self.cfg.store.retention_days is not None:

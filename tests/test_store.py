@@ -20,6 +20,8 @@ import pytest
 
 from cloud_service.config import ConfigError, StoreConfig, load_config
 from cloud_service.deadletters import DeadLetter
+from cloud_service.metrics import Metrics
+from cloud_service.scoring import Scorer
 from cloud_service.store import (
     PARTITION_SECONDS,
     AlertRow,
@@ -40,10 +42,12 @@ from cloud_service.store import (
     open_store,
     parse_store_url,
 )
+from cloud_service.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from cloud_service.store.postgres import PostgresStore
+from cloud_service.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from contract.payloads import GatewayStatus, UpdateReport, UplinkBatch
 from tests.support.postgres import PostgresServer, postgres_bindir
-from tests.test_cloud_core import FEATURES, batch, manifest, scorer_for
+from tests.test_cloud_core import FEATURES, FakeModel, batch, manifest, scorer_for
 
 DATA = Path(__file__).parent / "data"
 T0 = 1_800_000_000.0
@@ -121,15 +125,17 @@ def test_redelivered_batches_change_nothing(store):
     assert gw["gateway"] == "gw1" and gw["assets"] == 1 and gw["online"] is None
 
 
-def test_every_complete_window_is_scored_once_even_when_a_gap_fills_late(store):
+def test_every_complete_window_is_scored_once_in_order_even_when_a_gap_fills_late(store):
     m = manifest()
     scorer, model, _ = scorer_for(store, m, batch_max=8)
     scorer.recover()
     for b in (batch(0, 10), batch(15, 10), batch(0, 10, asset="a2")):
         scorer.notify(store.write_ingest([Received(b, 1.0)], [], []))
     scorer.drain()
+    # The windows past the hole (ticks 10..14 not stored yet) wait, so the alert machine sees
+    # the asset's windows in order.
     preds = {r["seq"] for r in store.predictions("gw1", "a1", -1, None, 1000)}
-    assert preds == set(range(4, 10)) | set(range(19, 25))
+    assert preds == set(range(4, 10))
     scorer.notify(store.write_ingest([Received(batch(10, 5), 2.0), Received(batch(0, 10), 2.0)],
                                      [], []))
     scorer.drain()
@@ -155,6 +161,8 @@ def test_a_restarted_scorer_resumes_alert_state_and_finds_unscored_windows(store
     assert resume.state == "CRITICAL" and resume.seq == 11
     state, seq, since = resume  # callers unpack it
     assert since is not None
+    with store._write() as conn:  # the crashed replica's lease has run out
+        conn.execute("UPDATE replicas SET expires_at = 0")
     second, model, published2 = scorer_for(store, m)
     second.drain()
     assert sum(model.calls) == 8 and published2 == []
@@ -389,7 +397,7 @@ def test_a_sqlite_file_from_before_versioning_is_upgraded(tmp_path):
     completed.close()
     store = SqliteStore(path)
     try:
-        assert store.schema_version() == 2
+        assert store.schema_version() == len(SQLITE_MIGRATIONS)
         indexes = {r[0] for r in store._db().conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"idx_ticks_time", "idx_predictions_tick_time"} <= indexes
@@ -407,10 +415,15 @@ def test_a_sqlite_file_from_before_versioning_is_upgraded(tmp_path):
         asset = store.asset("gw1", "a1")
         assert asset is not None and asset["ticks"] == 12
         assert store.asset_scores()[("gw1", "a1")].state == "WARNING"
+        # ... and a replica takes the old asset over from its stored alert state
+        scorer, _, _ = scorer_for(store, manifest())
+        scorer.heartbeat()
+        assert scorer.owned == {("gw1", "a1")}
+        assert scorer._machines[("gw1", "a1")].state.value == "WARNING"
     finally:
         store.close()
     again = SqliteStore(path)  # a second start finds nothing to do
-    assert again.schema_version() == 2
+    assert again.schema_version() == len(SQLITE_MIGRATIONS)
     again.close()
 
 
@@ -429,7 +442,8 @@ def test_a_newer_postgres_schema_is_refused(postgres_url):
     PostgresStore(parse_store_url(postgres_url)).close()
     with psycopg.connect(postgres_url.replace("postgresql://", "postgresql://", 1)) as conn:
         conn.execute("INSERT INTO schema_version VALUES (7, 0)")
-    with pytest.raises(StoreError, match=r"schema version 7, newer than this service knows \(1\)"):
+    newer = rf"schema version 7, newer than this service knows \({len(PG_MIGRATIONS)}\)"
+    with pytest.raises(StoreError, match=newer):
         open_store(StoreConfig(url=postgres_url))
 
 
@@ -625,3 +639,88 @@ def test_retention_steps_aside_for_a_long_reader(postgres_url):
             list(range(5, 15))
     finally:
         store.close()
+
+
+# -- ownership across replicas (cloud_service/ownership.py), on both backends -------------------
+
+def replica(store, m, name: str, published: list, clock=time.time, model=None) -> Scorer:
+    return Scorer(store, model or FakeModel(m), m, Metrics(),
+                  lambda t, p: published.append((name, json.loads(p))), max_delay=0,
+                  replica=name, lease_seconds=5, clock=clock)
+
+
+def test_replicas_split_the_assets_and_each_window_is_scored_by_its_owner_only(store):
+    m = manifest()
+    store.write_ingest([Received(batch(0, 12, asset=f"a{i}"), 1.0) for i in range(6)], [], [])
+    published: list = []
+    first, second = (replica(store, m, n, published) for n in ("r1", "r2"))
+    first.heartbeat()
+    assert len(first.owned) == 6  # alone, it takes the whole fleet
+    second.heartbeat()  # joins: the first gives up half at its next heartbeat
+    first.heartbeat()
+    second.heartbeat()
+    assert len(first.owned) == len(second.owned) == 3
+    assert not first.owned & second.owned
+    first.drain()
+    second.drain()
+    preds = store.predictions
+    for i in range(6):
+        assert [r["seq"] for r in preds("gw1", f"a{i}", -1, None, 100)] == list(range(4, 12))
+    assert sum(first.model.calls) + sum(second.model.calls) == 6 * 8  # nothing scored twice
+
+
+def test_a_replica_that_lost_an_asset_can_neither_store_nor_publish_its_scores(store):
+    m = manifest()
+    published: list = []
+    now = [1000.0]
+    stale = replica(store, m, "r1", published)
+    stale.heartbeat()
+    store.write_ingest([Received(batch(0, 12, level=3.0), 1.0)], [], [])
+    stale.heartbeat()
+    assert stale.owned == {("gw1", "a1")}
+    # r1 stalls; its lease runs out and r2 takes the asset over while r1 does not know yet.
+    with store._write() as conn:
+        conn.execute("UPDATE replicas SET expires_at = 0 WHERE replica = 'r1'")
+    fresh = replica(store, m, "r2", published, clock=lambda: now[0])
+    fresh.heartbeat()
+    assert fresh.owned == {("gw1", "a1")}
+    stale.scan()
+    stale.step()  # scores the windows it still thinks it owns: the store refuses them
+    assert store.predictions("gw1", "a1", -1, None, 100) == []
+    assert published == [] and ("gw1", "a1") not in stale.owned
+    assert stale.metrics.scores_refused._value.get() == 8
+    fresh.drain()
+    assert len(store.predictions("gw1", "a1", -1, None, 100)) == 8
+    assert [(n, e["new_state"]) for n, e in published] == [("r2", "CRITICAL")]
+
+
+def test_a_takeover_continues_the_alert_machine_mid_dwell(store):
+    """Scores asking for CRITICAL one window short of the dwell on the first replica, then one
+    more on the second: the second raises the alert exactly where one replica would."""
+    m = manifest()
+    m = manifest(dwell=3)
+    dwell = m.thresholds.dwell
+    w = m.window
+    published: list = []
+    first = replica(store, m, "r1", published)
+    first.heartbeat()
+    store.write_ingest([Received(batch(0, w - 1 + dwell - 1, level=3.0), 1.0)], [], [])
+    first.drain()
+    assert published == []
+    assert store.asset("gw1", "a1")["cloud_pending_count"] == dwell - 1
+    first.stop()  # hands its assets back
+    second = replica(store, m, "r2", published)
+    second.heartbeat()
+    store.write_ingest([Received(batch(w - 1 + dwell - 1, 1, level=3.0), 2.0)], [], [])
+    second.drain()
+    assert [(n, e["new_state"], e["seq"]) for n, e in published] == [
+        ("r2", "CRITICAL", w - 1 + dwell - 1)]
+
+
+def test_two_live_replicas_with_one_id_are_refused(store):
+    from cloud_service.ownership import OwnershipError
+
+    m = manifest()
+    replica(store, m, "same", []).heartbeat()
+    with pytest.raises(OwnershipError, match="another live replica uses the id 'same'"):
+        replica(store, m, "same", []).heartbeat()

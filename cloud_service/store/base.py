@@ -8,7 +8,7 @@ retention, close). Both backends (`sqlite.py`, `postgres.py`) implement `Store`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from cloud_service.deadletters import DeadLetter
+from cloud_service.ownership import Membership, OwnedAsset
 from cloud_service.store.rows import (
     AlertResume,
     AssetKey,
@@ -29,6 +30,7 @@ from cloud_service.store.rows import (
     ReportUpdate,
     RolloutRow,
     RolloutTargetRow,
+    ScoresStored,
     ScoreWrite,
     ShadowRow,
     StatusUpdate,
@@ -136,7 +138,14 @@ class ScoringStore(Protocol):
     def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]: ...
     def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks: ...
     def feature_set(self, feature_set_id: int) -> tuple[str, ...]: ...
-    def write_scores(self, write: ScoreWrite) -> None: ...
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> ScoresStored: ...
+    # Ownership (cloud_service/ownership.py): leases, claims and the owned assets' state.
+    def heartbeat(self, replica: str, token: str, lease: float) -> Membership: ...
+    def claim_assets(self, replica: str, limit: int) -> list[AssetKey]: ...
+    def release_assets(self, replica: str, keys: Iterable[AssetKey]) -> None: ...
+    def leave(self, replica: str, token: str) -> None: ...
+    def owned_assets(self, replica: str,
+                     seen_since: float | None = None) -> list[OwnedAsset]: ...
     def asset_scores(self) -> dict[AssetKey, AlertResume]: ...
 
 

@@ -22,7 +22,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cloud_service.deadletters import DeadLetter
+from cloud_service.ownership import Membership, OwnedAsset, OwnershipError
 from cloud_service.store.base import (
     PARTITION_SECONDS,
     ModelConflict,
@@ -54,6 +55,7 @@ from cloud_service.store.rows import (
     ReportUpdate,
     RolloutRow,
     RolloutTargetRow,
+    ScoresStored,
     ScoreWrite,
     ShadowRow,
     StatusUpdate,
@@ -62,7 +64,10 @@ from cloud_service.store.rows import (
     TargetRequest,
     TickRow,
     WindowTicks,
+    without_assets,
 )
+from contract.alerting import MachineState
+from contract.payloads import AlertState
 
 log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x70646D01  # advisory lock keys: "pdm" + 1, + 2
@@ -129,7 +134,21 @@ CREATE TABLE rollout_targets (
     updated_at float8, report_time float8, PRIMARY KEY (rollout_id, gateway));
 CREATE TABLE health (id integer PRIMARY KEY, checked_at float8)
     """,
+    # 2: ownership across replicas: leases, each asset's owner and its alert machine's dwell,
+    # and which replica scored each window.
+    """
+CREATE TABLE replicas (
+    replica text COLLATE "C" PRIMARY KEY, token text NOT NULL, started_at float8,
+    heartbeat_at float8, expires_at float8 NOT NULL);
+CREATE TABLE leader (id integer PRIMARY KEY, holder text NOT NULL, expires_at float8 NOT NULL);
+ALTER TABLE assets ADD COLUMN owner text COLLATE "C", ADD COLUMN cloud_pending text,
+    ADD COLUMN cloud_pending_count integer;
+ALTER TABLE predictions ADD COLUMN scored_by text;
+CREATE INDEX assets_owner_last_seen ON assets (owner, last_seen)
+    """,
 ]
+# Lease times come from the database's clock, so replicas on hosts whose clocks differ agree.
+DB_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
 
 def _opt(x: float | None) -> float | None:
@@ -600,23 +619,43 @@ class PostgresStore:
             self._feature_ids[names] = feature_set_id
         return names
 
-    def write_scores(self, write: ScoreWrite) -> None:
-        self._with_partitions([p.tick_time for p in write.predictions],
-                              lambda: self._write_scores(write))
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> ScoresStored:
+        """Store one batch of scores. With `owner`, only the assets whose row still names that
+        replica as owner are written: their rows are locked (in key order) and checked inside
+        the transaction, so a claim by another replica waits for this commit or wins before
+        it. The others are returned, for the caller to drop unpublished."""
+        return self._with_partitions([p.tick_time for p in write.predictions],
+                                     lambda: self._write_scores(write, owner))
 
-    def _write_scores(self, write: ScoreWrite) -> None:
+    def _write_scores(self, write: ScoreWrite, owner: str | None) -> ScoresStored:
+        refused: set[AssetKey] = set()
+        duplicates = 0
         with self._write() as conn, conn.cursor() as cur:
+            if owner is not None:
+                keys = sorted({(p.gateway, p.asset) for p in write.predictions}
+                              | {a.key for a in write.assets})
+                if keys:
+                    mine = {(g, a) for g, a in cur.execute(
+                        "SELECT gateway, asset FROM assets WHERE (gateway, asset) IN "
+                        "(SELECT * FROM unnest(%s::text[], %s::text[])) AND owner = %s "
+                        "ORDER BY gateway, asset FOR UPDATE",
+                        ([k[0] for k in keys], [k[1] for k in keys], owner)).fetchall()}
+                    refused = set(keys) - mine
+                    if refused:
+                        write = without_assets(write, refused)
             if write.predictions:
                 rows = write.predictions
                 cur.execute(
                     "INSERT INTO predictions (gateway, asset, seq, tick_time, probability, rul, "
                     "edge_probability, edge_rul, diff, rul_diff, model_version, "
-                    "edge_model_version, scored_at, error) "
+                    "edge_model_version, scored_at, error, scored_by) "
                     "SELECT * FROM unnest(%b::text[], %b::text[], %b::int8[], %b::float8[], "
                     "%b::float8[], %b::float8[], %b::float8[], %b::float8[], %b::float8[], "
-                    "%b::float8[], %b::text[], %b::text[], %b::float8[], %b::text[]) "
-                    "ON CONFLICT DO NOTHING",
-                    [[getattr(p, name) for p in rows] for name in PREDICTION_COLUMNS])
+                    "%b::float8[], %b::text[], %b::text[], %b::float8[], %b::text[], "
+                    "%b::text[]) ON CONFLICT DO NOTHING",
+                    [[getattr(p, name) for p in rows] for name in PREDICTION_COLUMNS]
+                    + [[owner] * len(rows)])
+                duplicates = len(rows) - max(0, cur.rowcount)
             if write.alerts:
                 cur.executemany(
                     "INSERT INTO alerts (gateway, asset, seq, source, old_state, new_state, "
@@ -629,11 +668,97 @@ class PostgresStore:
                 cur.executemany(
                     "UPDATE assets SET cloud_seq = %s, cloud_probability = %s, cloud_rul = %s, "
                     "cloud_state = %s, cloud_state_since = %s, cloud_model_version = %s, "
-                    "scored_at = %s WHERE gateway = %s AND asset = %s "
-                    "AND coalesce(cloud_seq, -1) < %s",
+                    "scored_at = %s, cloud_pending = %s, cloud_pending_count = %s "
+                    "WHERE gateway = %s AND asset = %s AND coalesce(cloud_seq, -1) < %s",
                     [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
-                      a.scored_at, *a.key, a.seq)
+                      a.scored_at, a.pending, a.pending_count, *a.key, a.seq)
                      for a in sorted(write.assets, key=lambda score: score.key)])
+        return ScoresStored(refused, duplicates)
+
+    # -- ownership (cloud_service/ownership.py) ---------------------------------------------
+
+    def heartbeat(self, replica: str, token: str, lease: float) -> Membership:
+        """Renew this replica's lease (taking over its id only from an expired holder), try
+        for the leader lease, and count live replicas, assets and the assets it owns."""
+        with self._write() as conn:
+            (now,) = conn.execute(DB_NOW).fetchone()  # type: ignore[misc]
+            renewed = conn.execute(
+                "INSERT INTO replicas (replica, token, started_at, heartbeat_at, expires_at) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (replica) DO UPDATE SET "
+                "token = excluded.token, heartbeat_at = excluded.heartbeat_at, "
+                "expires_at = excluded.expires_at, started_at = CASE "
+                "  WHEN replicas.token = excluded.token THEN replicas.started_at "
+                "  ELSE excluded.started_at END "
+                "WHERE replicas.token = excluded.token "
+                "OR replicas.expires_at < excluded.heartbeat_at RETURNING 1",
+                (replica, token, now, now, now + lease)).fetchone()
+            if renewed is None:
+                raise OwnershipError(
+                    f"another live replica uses the id {replica!r}; give every replica its "
+                    "own client_id")
+            leader = conn.execute(
+                "INSERT INTO leader (id, holder, expires_at) VALUES (1, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at WHERE leader.holder = excluded.holder "
+                "OR leader.expires_at < %s RETURNING 1",
+                (replica, now + lease, now)).fetchone() is not None
+            (live,) = conn.execute("SELECT count(*) FROM replicas WHERE expires_at >= %s",
+                                   (now,)).fetchone()  # type: ignore[misc]
+            (assets, owned) = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE owner = %s) FROM assets",
+                (replica,)).fetchone()  # type: ignore[misc]
+        return Membership(int(live), int(assets), int(owned), leader)
+
+    def claim_assets(self, replica: str, limit: int) -> list[AssetKey]:
+        """Take up to `limit` assets that have no owner or whose owner's lease expired; rows
+        another replica is claiming or scoring right now are skipped, not waited for."""
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            (now,) = conn.execute(DB_NOW).fetchone()  # type: ignore[misc]
+            rows = conn.execute(
+                "UPDATE assets SET owner = %s WHERE (gateway, asset) IN ("
+                "SELECT gateway, asset FROM assets WHERE owner IS NULL OR owner NOT IN "
+                "(SELECT replica FROM replicas WHERE expires_at >= %s) "
+                "ORDER BY gateway, asset LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "RETURNING gateway, asset", (replica, now, limit)).fetchall()
+        return [(g, a) for g, a in rows]
+
+    def release_assets(self, replica: str, keys: Iterable[AssetKey]) -> None:
+        keys = sorted(keys)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE assets SET owner = NULL WHERE owner = %s AND (gateway, asset) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                (replica, [k[0] for k in keys], [k[1] for k in keys]))
+
+    def leave(self, replica: str, token: str) -> None:
+        """A clean stop: give up every asset and the leases at once, so others need not wait
+        for them to expire."""
+        with self._write() as conn:
+            conn.execute("UPDATE assets SET owner = NULL WHERE owner = %s", (replica,))
+            conn.execute("DELETE FROM leader WHERE holder = %s", (replica,))
+            conn.execute("DELETE FROM replicas WHERE replica = %s AND token = %s",
+                         (replica, token))
+
+    def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
+        """The assets this replica owns (those that received ticks since `seen_since` only,
+        when given), with their scoring position and alert machine state."""
+        query = ("SELECT gateway, asset, ticks, last_seq, cloud_seq, cloud_state, "
+                 "cloud_pending, cloud_pending_count, cloud_state_since FROM assets "
+                 "WHERE owner = %s")
+        params: list[Any] = [replica]
+        if seen_since is not None:
+            query += " AND last_seen >= %s"
+            params.append(seen_since)
+        with self._conn() as conn:
+            rows = conn.execute(query, params).fetchall()
+        return [OwnedAsset(
+            key=(g, a), ticks=n, last_seq=last, scored_seq=seq,
+            machine=MachineState(AlertState(state or "NORMAL"),
+                                 AlertState(pending) if pending else None, count or 0),
+            state_since=since)
+            for g, a, n, last, seq, state, pending, count, since in rows]
 
     def asset_scores(self) -> dict[AssetKey, AlertResume]:
         """Per asset: cloud alert state, seq of the last window fed to the alert machine, and

@@ -113,6 +113,8 @@ class AssetScore:
     state_since: float
     model_version: str
     scored_at: float
+    pending: str | None = None  # the state the dwell is counting towards, and how far
+    pending_count: int = 0
 
 
 @dataclass
@@ -120,6 +122,23 @@ class ScoreWrite:
     predictions: list[PredictionRow] = field(default_factory=list)
     alerts: list[AlertRow] = field(default_factory=list)
     assets: list[AssetScore] = field(default_factory=list)
+
+
+def without_assets(write: ScoreWrite, keys: set[AssetKey]) -> ScoreWrite:
+    """The same scores less those of `keys` (assets another replica owns now)."""
+    return ScoreWrite(
+        predictions=[p for p in write.predictions if (p.gateway, p.asset) not in keys],
+        alerts=[a for a in write.alerts if (a.gateway, a.asset) not in keys],
+        assets=[a for a in write.assets if a.key not in keys])
+
+
+@dataclass(frozen=True)
+class ScoresStored:
+    """What a fenced score write did: assets refused (another replica owns them now) and
+    predictions that were already stored (a window scored twice; never expected)."""
+
+    refused: set[AssetKey]
+    duplicates: int
 
 
 class AlertResume(NamedTuple):

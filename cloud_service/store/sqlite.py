@@ -18,7 +18,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +27,7 @@ import numpy as np
 from sqlite_utils import Database
 
 from cloud_service.deadletters import DeadLetter
+from cloud_service.ownership import Membership, OwnedAsset, OwnershipError
 from cloud_service.store.base import (
     ModelConflict,
     StoreError,
@@ -45,6 +46,7 @@ from cloud_service.store.rows import (
     ReportUpdate,
     RolloutRow,
     RolloutTargetRow,
+    ScoresStored,
     ScoreWrite,
     ShadowRow,
     StatusUpdate,
@@ -53,7 +55,10 @@ from cloud_service.store.rows import (
     TargetRequest,
     TickRow,
     WindowTicks,
+    without_assets,
 )
+from contract.alerting import MachineState
+from contract.payloads import AlertState
 
 BUSY_TIMEOUT_MS = 30_000
 RETENTION_BATCH = 5_000  # rows per delete transaction
@@ -212,6 +217,27 @@ CREATE INDEX IF NOT EXISTS "idx_dead_letters_reason"
     """
 CREATE INDEX IF NOT EXISTS "idx_ticks_time" ON "ticks" ("time");
 CREATE INDEX IF NOT EXISTS "idx_predictions_tick_time" ON "predictions" ("tick_time");
+    """,
+    # 3: ownership across replicas: leases, each asset's owner and its alert machine's dwell,
+    # and which replica scored each window.
+    """
+CREATE TABLE IF NOT EXISTS "replicas" (
+   "replica" TEXT PRIMARY KEY,
+   "token" TEXT NOT NULL,
+   "started_at" REAL,
+   "heartbeat_at" REAL,
+   "expires_at" REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "leader" (
+   "id" INTEGER PRIMARY KEY,
+   "holder" TEXT NOT NULL,
+   "expires_at" REAL NOT NULL
+);
+ALTER TABLE "assets" ADD COLUMN "owner" TEXT;
+ALTER TABLE "assets" ADD COLUMN "cloud_pending" TEXT;
+ALTER TABLE "assets" ADD COLUMN "cloud_pending_count" INTEGER;
+ALTER TABLE "predictions" ADD COLUMN "scored_by" TEXT;
+CREATE INDEX IF NOT EXISTS "idx_assets_owner_last_seen" ON "assets" ("owner", "last_seen");
     """,
 ]
 
@@ -510,16 +536,33 @@ class SqliteStore:
             self._feature_ids[names] = feature_set_id
         return names
 
-    def write_scores(self, write: ScoreWrite) -> None:
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> ScoresStored:
+        """Store one batch of scores. With `owner`, only the assets whose row still names that
+        replica as owner are written (checked inside the transaction); the others are returned,
+        so the caller drops them and publishes nothing for them."""
         with self._write() as conn:
+            refused: set[AssetKey] = set()
+            if owner is not None:
+                keys = ({(p.gateway, p.asset) for p in write.predictions}
+                        | {a.key for a in write.assets})
+                for key in keys:
+                    row = conn.execute("SELECT owner FROM assets WHERE gateway = ? AND asset = ?",
+                                       key).fetchone()
+                    if row is None or row[0] != owner:
+                        refused.add(key)
+                if refused:
+                    write = without_assets(write, refused)
+            before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO predictions (gateway, asset, seq, tick_time, probability, "
                 "rul, edge_probability, edge_rul, diff, rul_diff, model_version, "
-                "edge_model_version, scored_at, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "edge_model_version, scored_at, error, scored_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(p.gateway, p.asset, p.seq, p.tick_time, p.probability, p.rul,
                   p.edge_probability, p.edge_rul, p.diff, p.rul_diff, p.model_version,
-                  p.edge_model_version, p.scored_at, p.error) for p in write.predictions])
+                  p.edge_model_version, p.scored_at, p.error, owner)
+                 for p in write.predictions])
+            duplicates = len(write.predictions) - (conn.total_changes - before)
             conn.executemany(
                 "INSERT OR IGNORE INTO alerts (gateway, asset, seq, source, old_state, new_state, "
                 "probability, rul, model_version, tick_time, published_at) "
@@ -528,10 +571,90 @@ class SqliteStore:
                   a.rul, a.model_version, a.tick_time, a.published_at) for a in write.alerts])
             conn.executemany(
                 "UPDATE assets SET cloud_seq = ?, cloud_probability = ?, cloud_rul = ?, "
-                "cloud_state = ?, cloud_state_since = ?, cloud_model_version = ?, scored_at = ? "
+                "cloud_state = ?, cloud_state_since = ?, cloud_model_version = ?, scored_at = ?, "
+                "cloud_pending = ?, cloud_pending_count = ? "
                 "WHERE gateway = ? AND asset = ? AND coalesce(cloud_seq, -1) < ?",
                 [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
-                  a.scored_at, *a.key, a.seq) for a in write.assets])
+                  a.scored_at, a.pending, a.pending_count, *a.key, a.seq)
+                 for a in write.assets])
+        return ScoresStored(refused, duplicates)
+
+    # -- ownership (cloud_service/ownership.py) ---------------------------------------------
+
+    def heartbeat(self, replica: str, token: str, lease: float) -> Membership:
+        """Renew this replica's lease (taking over its id only from an expired holder), try
+        for the leader lease, and count live replicas, assets and the assets it owns."""
+        now = time.time()
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.execute(
+                "INSERT INTO replicas (replica, token, started_at, heartbeat_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (replica) DO UPDATE SET "
+                "token = excluded.token, heartbeat_at = excluded.heartbeat_at, "
+                "expires_at = excluded.expires_at, started_at = CASE WHEN token = excluded.token "
+                "  THEN started_at ELSE excluded.started_at END "
+                "WHERE token = excluded.token OR expires_at < excluded.heartbeat_at",
+                (replica, token, now, now, now + lease))
+            if conn.total_changes == before:
+                raise OwnershipError(
+                    f"another live replica uses the id {replica!r}; give every replica its "
+                    "own client_id")
+            before = conn.total_changes
+            conn.execute(
+                "INSERT INTO leader (id, holder, expires_at) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at WHERE holder = excluded.holder "
+                "OR expires_at < ?", (replica, now + lease, now))
+            leader = conn.total_changes > before
+            (live,) = conn.execute("SELECT count(*) FROM replicas WHERE expires_at >= ?",
+                                   (now,)).fetchone()
+            (assets,) = conn.execute("SELECT count(*) FROM assets").fetchone()
+            (owned,) = conn.execute("SELECT count(*) FROM assets WHERE owner = ?",
+                                    (replica,)).fetchone()
+        return Membership(live, assets, owned, leader)
+
+    def claim_assets(self, replica: str, limit: int) -> list[AssetKey]:
+        """Take up to `limit` assets that have no owner or whose owner's lease expired."""
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE assets SET owner = ? WHERE rowid IN (SELECT rowid FROM assets "
+                "WHERE owner IS NULL OR owner NOT IN "
+                "(SELECT replica FROM replicas WHERE expires_at >= ?) "
+                "ORDER BY gateway, asset LIMIT ?) RETURNING gateway, asset",
+                (replica, time.time(), limit)).fetchall()
+        return [(g, a) for g, a in rows]
+
+    def release_assets(self, replica: str, keys: Iterable[AssetKey]) -> None:
+        with self._write() as conn:
+            conn.executemany("UPDATE assets SET owner = NULL WHERE owner = ? AND gateway = ? "
+                             "AND asset = ?", [(replica, *key) for key in keys])
+
+    def leave(self, replica: str, token: str) -> None:
+        """A clean stop: give up every asset and the leases at once, so others need not wait
+        for them to expire."""
+        with self._write() as conn:
+            conn.execute("UPDATE assets SET owner = NULL WHERE owner = ?", (replica,))
+            conn.execute("DELETE FROM leader WHERE holder = ?", (replica,))
+            conn.execute("DELETE FROM replicas WHERE replica = ? AND token = ?", (replica, token))
+
+    def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
+        """The assets this replica owns (those that received ticks since `seen_since` only,
+        when given), with their scoring position and alert machine state."""
+        sql = ("SELECT gateway, asset, ticks, last_seq, cloud_seq, cloud_state, cloud_pending, "
+               "cloud_pending_count, cloud_state_since FROM assets WHERE owner = ?")
+        params: list[Any] = [replica]
+        if seen_since is not None:
+            sql += " AND last_seen >= ?"
+            params.append(seen_since)
+        return [OwnedAsset(
+            key=(g, a), ticks=n, last_seq=last, scored_seq=seq,
+            machine=MachineState(AlertState(state or "NORMAL"),
+                                 AlertState(pending) if pending else None, count or 0),
+            state_since=since)
+            for g, a, n, last, seq, state, pending, count, since
+            in self._db().conn.execute(sql, params)]
 
     def asset_scores(self) -> dict[AssetKey, AlertResume]:
         """Per asset: cloud alert state, seq of the last window fed to the alert machine, and
