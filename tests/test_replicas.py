@@ -1,6 +1,7 @@
-"""Several cloud replicas as separate processes on one broker and one store, one of them
-SIGKILLed mid-stream: every tick stored once, every complete window predicted once, each
-asset's cloud alerts the same as a one-replica run of the same data, the killed replica's
+"""Three cloud replicas as separate processes on one broker and one PostgreSQL store, one of
+them SIGKILLed mid-stream: every tick stored once, every complete window predicted once, each
+asset's cloud alerts the same as a one-replica run of the same data (on the embedded SQLite
+store), the killed replica's
 assets taken over within a lease period, and every replica serving the whole fleet."""
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ def run_reference(work: Path) -> dict[str, list[tuple]]:
 
 
 def test_three_replicas_one_sigkilled_lose_duplicate_and_double_score_nothing(
-        tmp_path, broker):
+        tmp_path, broker, postgres_url):
     reference = run_reference(tmp_path / "reference")
     assert set(reference) >= {f"engine-{u}" for u in NEAR_FAILURE}, reference
     work = tmp_path / "replicas"
     work.mkdir()
     system = System(work, broker, DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY, DATA, UNITS, rate=RATE,
-                    replicas=3, cloud_extra=CLOUD)
+                    replicas=3, store={"url": postgres_url}, cloud_extra=CLOUD)
     try:
         for i in range(3):
             system.start_cloud(i)
