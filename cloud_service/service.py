@@ -76,12 +76,24 @@ class Service:
         self._started.set()
 
     def stop(self) -> None:
+        """Stop scoring (handing the assets back), then ingest: with other replicas live, the
+        uplink is handed over to them and the broker session dropped (a scale-down strands
+        nothing); as the last replica, the session is kept so the broker queues for our
+        return."""
         self._stopping.set()
         if self._retention:
             self._retention.join(30)
-        self.consumer.stop()
         if self.scorer:
             self.scorer.stop()
+        try:
+            others = self.store.live_replicas(exclude=self.cfg.client_id)
+        except Exception as exc:
+            others = 0
+            log.warning("cannot tell whether other replicas are live (%s); keeping the broker "
+                        "session", exc)
+        if others:
+            self.consumer.hand_over()
+        self.consumer.stop()
         self.store.close()
 
     def publish_retained(self, topic: str, payload: bytes, timeout: float = 10) -> None:

@@ -6,6 +6,7 @@ assets taken over within a lease period, and every replica serving the whole fle
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -103,5 +104,29 @@ def test_three_replicas_one_sigkilled_lose_duplicate_and_double_score_nothing(
         assert sum(system.metric("pdm_cloud_windows_scored_twice_total", i)
                    for i in range(3)) == 0
         assert cloud_alerts(system) == reference
+    finally:
+        system.stop()
+
+
+def test_a_replica_removed_for_good_hands_its_uplink_share_over(tmp_path, broker):
+    """A scale-down: one of two replicas is stopped mid-stream and never comes back. Its broker
+    session would keep queuing its share of the uplink; it hands the share over instead, so the
+    other replica stores and scores everything."""
+    system = System(tmp_path, broker, DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY, DATA, UNITS,
+                    rate=RATE, replicas=2, cloud_extra=CLOUD)
+    try:
+        for i in range(2):
+            system.start_cloud(i)
+        system.start_agent()
+        deadline = time.monotonic() + 30
+        while not all(system.metric("pdm_cloud_ticks_received_total", i) for i in range(2)):
+            assert time.monotonic() < deadline, "the replicas did not share the uplink"
+            time.sleep(0.2)
+        time.sleep(1.5)
+        system.kill(system.clouds[1], signal.SIGTERM)  # uvicorn re-raises it once it stopped
+        log = system.logs[1].read_text()
+        assert "handed the uplink over" in log, log[-3000:]
+        wait_exactly_once(system, UNITS, "replica removed", timeout=120)
+        assert system.metric("pdm_cloud_assets_owned", 0) == len(UNITS)
     finally:
         system.stop()

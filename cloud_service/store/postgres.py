@@ -741,6 +741,14 @@ class PostgresStore:
             conn.execute("DELETE FROM replicas WHERE replica = %s AND token = %s",
                          (replica, token))
 
+    def live_replicas(self, exclude: str | None = None) -> int:
+        """Replicas holding a live lease (other than `exclude`), by the database's clock."""
+        with self._conn() as conn:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM replicas WHERE replica <> %s AND expires_at >= "
+                "extract(epoch FROM clock_timestamp())", (exclude or "",)).fetchone()  # type: ignore[misc]
+        return int(n)
+
     def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
         """The assets this replica owns (those that received ticks since `seen_since` only,
         when given), with their scoring position and alert machine state."""

@@ -639,6 +639,13 @@ class SqliteStore:
             conn.execute("DELETE FROM leader WHERE holder = ?", (replica,))
             conn.execute("DELETE FROM replicas WHERE replica = ? AND token = ?", (replica, token))
 
+    def live_replicas(self, exclude: str | None = None) -> int:
+        """Replicas holding a live lease (other than `exclude`)."""
+        (n,) = self._db().conn.execute(
+            "SELECT count(*) FROM replicas WHERE expires_at >= ? AND replica <> ?",
+            (time.time(), exclude or "")).fetchone()
+        return int(n)
+
     def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
         """The assets this replica owns (those that received ticks since `seen_since` only,
         when given), with their scoring position and alert machine state."""
