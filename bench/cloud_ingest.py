@@ -49,6 +49,7 @@ from contract.bundle import read_manifest
 from contract.cmapss import COLUMNS, read_cmapss
 from contract.payloads import UplinkBatch
 from tests.support.broker import Mosquitto, free_port
+from tests.support.stores import StoreUrlError, store_section
 
 try:  # the test fixture once it is there; the benchmark's own starter otherwise
     from tests.support.postgres import PostgresServer
@@ -133,18 +134,6 @@ def metric(text: str, name: str) -> float:
     return total
 
 
-def store_section(url: str) -> dict[str, str]:
-    """The replicas' `store:` config for a store URL."""
-    from cloud_service.config import StoreConfig
-
-    if "url" in StoreConfig.model_fields:
-        return {"url": url}
-    # A cloud_service from before the store package knows only a SQLite path.
-    if url.startswith("sqlite:///"):
-        return {"path": url.removeprefix("sqlite:///")}
-    raise BenchError("this cloud_service has no `store.url` setting, so no PostgreSQL store")
-
-
 def count_store(url: str) -> StoreCounts:
     """Tick rows, distinct ticks and distinct predicted windows of the bench gateway. Distinct
     by (asset, seq): a time-partitioned table's key includes the time, so it does not prevent
@@ -171,6 +160,29 @@ def count_store(url: str) -> StoreCounts:
     except psycopg.errors.UndefinedTable:
         return StoreCounts(0, 0, 0)
     return StoreCounts(*got)
+
+
+def store_bytes(url: str) -> int:
+    """Bytes the store takes on disk for its tables and indexes (all of them: ticks and
+    predictions are nearly everything after a run)."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        # page_count sees the pages still in the WAL too; free pages are reusable, not counted.
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as conn:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return (pages - free) * size
+    import psycopg
+
+    # Plain tables and partitions with their indexes and TOAST; a partitioned parent has none.
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', "
+            "'information_schema') AND n.nspname NOT LIKE 'pg_toast%'").fetchone()
+    return int(row[0])
 
 
 @dataclass
@@ -402,7 +414,10 @@ def run(spec: RunSpec, broker: Mosquitto, work: Path, store_url: str, load: Load
             "windows_expected": load.windows, "windows_scored": counts.predictions_distinct,
             "windows_scored_twice": int(round(scored_total - counts.predictions_distinct)),
         }
-        extra = {"ready_s": ready_s, "publish_s": published[0] if published else None,
+        size = store_bytes(store_url)
+        extra = {"ready_s": ready_s, "store_bytes": size,
+                 "store_bytes_per_tick": size / max(counts.ticks_distinct, 1),
+                 "publish_s": published[0] if published else None,
                  "all_stored_s": t_stored, "all_scored_s": t_done, "killed_at_s": killed_at,
                  "restarted_at_s": restarted_at,
                  "ticks_per_s": load.ticks / t_stored if t_stored else None,
@@ -457,13 +472,17 @@ def main(stores: list[str] | None = None, replicas: list[int] | None = None,
         server = None
         try:
             if "postgresql" in stores and store_url is None:
-                server = PostgresServer(work / "postgres").start()
+                # Its own temporary folder: the server's user must be able to reach it.
+                try:
+                    server = PostgresServer().start()
+                except Exception as exc:  # whatever the starter raises, one line is enough
+                    raise BenchError(f"could not start PostgreSQL: {exc}") from exc
                 console.print(f"PostgreSQL: a private server on port {server.port}")
             for n, spec in enumerate(specs):
                 url = store_url_for(spec.store, spec, work, server, store_url, n)
                 try:
                     record, extra = run(spec, broker, work, url, load, opts)
-                except BenchError as exc:
+                except (BenchError, StoreUrlError) as exc:
                     console.print(f"[red]{spec}: {exc}[/]")
                     failures.append(f"{spec.store} x{spec.replicas}: {exc}"[:300])
                     continue
@@ -473,7 +492,8 @@ def main(stores: list[str] | None = None, replicas: list[int] | None = None,
             broker.stop()
             if server is not None:
                 server.stop()
-    print_table(records, details, load)
+    if records:
+        print_table(records, details, load)
     save("cloud_ingest", {"copies": copies, "batch": BATCH, "runs": details,
                           "failures": failures})
     if json_path:
@@ -503,6 +523,13 @@ def print_table(records: list[RunRecord], details: list[dict], load: Load) -> No
           ["store", "replicas", "killed", "windows scored/s", "ticks stored/s",
            "all scored after s", "vs 1 replica", "ticks lost", "ticks stored twice",
            "windows scored twice"], rows)
+    for store in STORES:
+        sizes = [d["store_bytes_per_tick"] for d in details if d["store"] == store]
+        if sizes:
+            per_tick = float(np.median(sizes))
+            console.print(f"{store} store on disk: {per_tick:,.0f} bytes per tick stored (its "
+                          f"window's prediction and the indexes included) = "
+                          f"{per_tick * 86400 / 1e6:,.1f} MB per asset per day at 1 tick/s")
     sqlite_one, pg_one = base("sqlite"), base("postgresql")
     if sqlite_one and pg_one:
         ratio = pg_one / sqlite_one
