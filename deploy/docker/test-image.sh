@@ -68,7 +68,7 @@ cleanup() {
     fi
   fi
   [ "${#containers[@]}" -gt 0 ] && podman rm -f -v -t 3 "${containers[@]}" >/dev/null 2>&1
-  [ -n "$compose_up" ] && compose down -v -t 5 >/dev/null 2>&1
+  [ -n "$compose_up" ] && { compose_rm_replicas 5; compose down -v -t 5 >/dev/null 2>&1; }
   rm -rf "$work"
   report "$rc"
   exit "$rc"
@@ -284,11 +284,14 @@ compose_start() {
     || { cat "$work/compose-up.log" >&2; return 1; }
   podman ps --filter "label=io.podman.compose.project=$run_id" \
     --format '  {{.Names}}  {{.Image}}  {{.Status}}  {{.Ports}}'
-  mapfile -t api_ports < <(
-    for c in $(podman ps -q --filter "label=io.podman.compose.project=$run_id" \
-                 --filter "label=io.podman.compose.service=cloud"); do
-      podman port "$c" 8000/tcp | head -n 1 | sed 's/.*://'
-    done)
+  mapfile -t cloud_containers < <(podman ps -q \
+    --filter "label=io.podman.compose.project=$run_id" \
+    --filter "label=io.podman.compose.service=cloud")
+  local c
+  api_ports=()
+  for c in "${cloud_containers[@]}"; do
+    api_ports+=("$(podman port "$c" 8000/tcp | head -n 1 | sed 's/.*://')")
+  done
   [ "${#api_ports[@]}" = "$cloud_replicas" ] \
     || { echo "expected $cloud_replicas cloud replicas, found ${#api_ports[@]}" >&2; return 1; }
   echo "broker on :$PDM_MQTT_PORT, cloud APIs on :${api_ports[*]}," \
@@ -301,11 +304,14 @@ compose_start() {
 }
 
 compose_check() {
-  # The client ids the replicas connected with, from the broker's log.
-  local ids
-  ids=$(compose logs mosquitto 2>&1 | grep -o 'as pdm-cloud-[^ ]*' | sort -u | sed 's/^as //')
-  echo "cloud client ids at the broker: $(echo "$ids" | tr '\n' ' ')"
-  [ "$(echo "$ids" | grep -c .)" -ge "$cloud_replicas" ] \
+  # The client id each replica connected with, from its log (`connected to ... as ID`).
+  local c ids=()
+  for c in "${cloud_containers[@]}"; do
+    ids+=("$(podman logs "$c" 2>&1 | grep -o 'connected to [^ ]* as [^ ]*' | head -n 1 \
+             | sed 's/.* as //' || true)")
+  done
+  echo "cloud client ids: ${ids[*]}"
+  [ "$(printf '%s\n' "${ids[@]}" | grep . | sort -u | wc -l)" = "$cloud_replicas" ] \
     || { echo "expected $cloud_replicas distinct cloud client ids" >&2; return 1; }
   PYTHONPATH="$repo" "$py" - "$PDM_MQTT_PORT" "$PDM_CLOUD_API_TOKEN" "$wait_s" \
     "${api_ports[@]}" <<'PY'
@@ -387,7 +393,18 @@ print(f"{len(apis)} replicas: ticks received {', '.join(f'{s:.0f}' for s in shar
 PY
 }
 
+compose_rm_replicas() {  # compose_rm_replicas timeout: the cloud replicas, whatever their count
+  # podman-compose's `down` knows one container per service, not those `up --scale` added (and
+  # cannot remove the broker and PostgreSQL while a replica that depends on them is left).
+  local ids
+  ids=$(podman ps -aq --filter "label=io.podman.compose.project=$run_id" \
+        --filter "label=io.podman.compose.service=cloud")
+  # shellcheck disable=SC2086  # a list of ids
+  [ -z "$ids" ] || podman rm -f -v -t "$1" $ids >/dev/null 2>&1 || true
+}
+
 compose_stop() {
+  compose_rm_replicas 10
   compose down -v -t 10 >"$work/compose-down.log" 2>&1 || { cat "$work/compose-down.log" >&2; return 1; }
   compose_up=""
   local left
