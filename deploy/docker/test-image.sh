@@ -68,7 +68,7 @@ cleanup() {
     fi
   fi
   [ "${#containers[@]}" -gt 0 ] && podman rm -f -v -t 3 "${containers[@]}" >/dev/null 2>&1
-  [ -n "$compose_up" ] && { compose_rm_replicas 5; compose down -v -t 5 >/dev/null 2>&1; }
+  [ -n "$compose_up" ] && compose_down 5 >/dev/null 2>&1
   rm -rf "$work"
   report "$rc"
   exit "$rc"
@@ -403,13 +403,29 @@ compose_rm_replicas() {  # compose_rm_replicas timeout: the cloud replicas, what
   [ -z "$ids" ] || podman rm -f -v -t "$1" $ids >/dev/null 2>&1 || true
 }
 
+compose_down() {  # compose_down timeout: every container, network and volume of the project
+  # `down -v` removes the named volumes, not the anonymous ones of the images' VOLUMEs
+  # (mosquitto's /mosquitto/log): note them all first, remove what is left after.
+  local ids vols rc=0
+  ids=$(podman ps -aq --filter "label=io.podman.compose.project=$run_id")
+  # shellcheck disable=SC2086  # a list of ids
+  vols=$([ -z "$ids" ] || podman inspect --format \
+         '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}' $ids)
+  compose_rm_replicas "$1"
+  compose down -v -t "$1" || rc=$?
+  # shellcheck disable=SC2086  # a list of names
+  [ -z "${vols// /}" ] || podman volume rm -f $vols >/dev/null 2>&1 || true
+  return "$rc"
+}
+
 compose_stop() {
-  compose_rm_replicas 10
-  compose down -v -t 10 >"$work/compose-down.log" 2>&1 || { cat "$work/compose-down.log" >&2; return 1; }
+  compose_down 10 >"$work/compose-down.log" 2>&1 || { cat "$work/compose-down.log" >&2; return 1; }
   compose_up=""
   local left
   left=$(podman ps -a --filter "label=io.podman.compose.project=$run_id" -q | wc -l)
   [ "$left" = 0 ] || { echo "$left container(s) left after down" >&2; return 1; }
+  left=$(podman volume ls -q --filter "label=io.podman.compose.project=$run_id" | wc -l)
+  [ "$left" = 0 ] || { echo "$left volume(s) left after down" >&2; return 1; }
 }
 
 step "podman + base images (podman-base.sh)" prepare
