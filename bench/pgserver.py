@@ -1,9 +1,10 @@
 """A private PostgreSQL server on a free loopback port in a temporary folder, for the benchmark.
 
-Same shape as the test fixture's `tests.support.postgres.PostgresServer` (start/stop, `url`,
-`create_database`), which `bench.cloud_ingest` prefers when it is there; this copy lets the
-benchmark run where the test helpers are not installed. initdb refuses to run as root, so as
-root the cluster is made and run by the `postgres` user, which must own the folder.
+The same shape as the test fixture's `tests.support.postgres.PostgresServer` (start/stop,
+`url`, `create_database`), but durable: default settings, fsync on, as a production server
+runs, so that its figures compare with SQLite's `synchronous=FULL` (the fixture turns fsync
+off to make tests fast). initdb refuses to run as root, so as root the cluster is made and run
+by the `postgres` user, which must own the folder.
 """
 
 from __future__ import annotations
