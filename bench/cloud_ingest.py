@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -184,6 +185,60 @@ def store_bytes(url: str) -> int:
     return int(row[0])
 
 
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """CPU time of one process so far (user + system); with its exited children's, which is how
+    a PostgreSQL server's finished backends are counted. 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])             # utime, stime
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])        # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(postmaster: int | None) -> float:
+    """A PostgreSQL server: the postmaster, its finished children and the live ones."""
+    if postmaster is None:
+        return 0.0
+    total = cpu_seconds(postmaster, with_children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:                  # ppid
+            total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """Where the CPU went during a run: replicas, the PostgreSQL server, the broker. With
+    everything on two cores, it says what a faster figure would need."""
+
+    broker_pid: int
+    postmaster: int | None
+    start: dict[str, float] = field(default_factory=dict)
+
+    def sample(self, replicas: list[Replica]) -> dict[str, float]:
+        return {"replicas": sum(cpu_seconds(r.proc.pid) for r in replicas if r.proc),
+                "postgresql": server_cpu_seconds(self.postmaster),
+                "broker": cpu_seconds(self.broker_pid),
+                "bench": cpu_seconds(os.getpid())}
+
+    def begin(self, replicas: list[Replica]) -> None:
+        self.start = self.sample(replicas)
+
+    def used(self, replicas: list[Replica], killed_s: float) -> dict[str, float]:
+        """CPU seconds since `begin`; a killed replica's earlier incarnation adds `killed_s`."""
+        now = self.sample(replicas)
+        used = {k: round(now[k] - self.start.get(k, 0.0), 1) for k in now}
+        used["replicas"] = round(used["replicas"] + killed_s, 1)
+        return used
+
+
 @dataclass
 class Replica:
     """One cloud process; survives a SIGKILL and a restart as the same client id and port."""
@@ -222,14 +277,17 @@ class Replica:
         self.stored_now = metric(text, "pdm_cloud_ticks_received_total")
         return True
 
-    def kill(self) -> None:
-        """Last scrape, then SIGKILL: its count so far joins the earlier incarnations'."""
+    def kill(self) -> float:
+        """Last scrape, then SIGKILL: its count so far joins the earlier incarnations'. Returns
+        the CPU seconds the process had used."""
         self.scrape()
         assert self.proc is not None
+        cpu = cpu_seconds(self.proc.pid)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.scored_before += self.scored_now
         self.scored_now = self.stored_now = 0.0
+        return cpu
 
     def stop(self) -> None:
         if self.alive:
@@ -318,7 +376,7 @@ class Options:
 
 
 def run(spec: RunSpec, broker: Mosquitto, work: Path, store_url: str, load: Load,
-        opts: Options) -> tuple[RunRecord, dict]:
+        opts: Options, postmaster: int | None = None) -> tuple[RunRecord, dict]:
     """One run: start the replicas on a fresh store, publish the load, wait until every tick
     is stored and every window scored (or the time is up), count from the store."""
     tag = f"{spec.store}-{spec.replicas}{'-killed' if spec.killed else ''}"
@@ -342,6 +400,10 @@ def run(spec: RunSpec, broker: Mosquitto, work: Path, store_url: str, load: Load
             replica.start()
         ready_s = wait_ready(replicas, opts.ready_timeout)
         console.print(f"  ready after {ready_s:.0f} s")
+        assert broker.proc is not None
+        meter = CpuMeter(broker.proc.pid, postmaster if spec.store == "postgresql" else None)
+        meter.begin(replicas)
+        killed_cpu = 0.0
 
         published: list[float] = []
         t0 = time.perf_counter()
@@ -361,7 +423,7 @@ def run(spec: RunSpec, broker: Mosquitto, work: Path, store_url: str, load: Load
             while True:
                 now = time.perf_counter() - t0
                 if victim and killed_at is None and now >= opts.kill_after:
-                    victim.kill()
+                    killed_cpu = victim.kill()
                     killed_at = now
                     console.print(f"  SIGKILL replica #{victim.index} at {now:.1f} s")
                 if (victim and killed_at is not None and restarted_at is None
@@ -413,6 +475,7 @@ def run(spec: RunSpec, broker: Mosquitto, work: Path, store_url: str, load: Load
             "windows_expected": load.windows, "windows_scored": counts.predictions_distinct,
             "windows_scored_twice": int(round(scored_total - counts.predictions_distinct)),
         }
+        cpu = meter.used(replicas, killed_cpu)
         size = store_bytes(store_url)
         extra = {"ready_s": ready_s, "store_bytes": size,
                  "store_bytes_per_tick": size / max(counts.ticks_distinct, 1),
@@ -420,7 +483,7 @@ def run(spec: RunSpec, broker: Mosquitto, work: Path, store_url: str, load: Load
                  "all_stored_s": t_stored, "all_scored_s": t_done, "killed_at_s": killed_at,
                  "restarted_at_s": restarted_at,
                  "ticks_per_s": load.ticks / t_stored if t_stored else None,
-                 "model_runs": scored_total}
+                 "model_runs": scored_total, "cpu_s": cpu}
         return record, extra
     finally:
         for replica in replicas:
@@ -477,10 +540,11 @@ def main(stores: list[str] | None = None, replicas: list[int] | None = None,
                 except Exception as exc:  # whatever the starter raises, one line is enough
                     raise BenchError(f"could not start PostgreSQL: {exc}") from exc
                 console.print(f"PostgreSQL: a private server on port {server.port}")
+            postmaster = server.postmaster_pid() if server is not None else None
             for n, spec in enumerate(specs):
                 url = store_url_for(spec.store, spec, work, server, store_url, n)
                 try:
-                    record, extra = run(spec, broker, work, url, load, opts)
+                    record, extra = run(spec, broker, work, url, load, opts, postmaster)
                 except (BenchError, StoreUrlError) as exc:
                     console.print(f"[red]{spec}: {exc}[/]")
                     failures.append(f"{spec.store} x{spec.replicas}: {exc}"[:300])
@@ -512,16 +576,19 @@ def print_table(records: list[RunRecord], details: list[dict], load: Load) -> No
     rows = []
     for r, d in zip(records, details, strict=True):
         one = base(r["store"])
+        cpu = d["cpu_s"]
         rows.append([r["store"], r["replicas"], "yes" if r["killed"] else "",
                      r["windows_per_s"], d["ticks_per_s"], d["all_scored_s"],
                      f"{r['windows_per_s'] / one:.2f}x" if one else "",
-                     r["ticks_lost"], r["ticks_duplicated"], r["windows_scored_twice"]])
+                     r["ticks_lost"], r["ticks_duplicated"], r["windows_scored_twice"],
+                     f"{cpu['replicas']:.0f}/{cpu['postgresql']:.0f}/{cpu['broker']:.0f}/"
+                     f"{cpu['bench']:.0f}"])
     table(f"Cloud ingest + scoring through Mosquitto ({len(load.payloads)} batches of <= {BATCH} "
           f"ticks, {load.ticks} ticks, {load.windows} windows; 2 cores shared by broker, "
           "publisher, store and replicas)",
           ["store", "replicas", "killed", "windows scored/s", "ticks stored/s",
            "all scored after s", "vs 1 replica", "ticks lost", "ticks stored twice",
-           "windows scored twice"], rows)
+           "windows scored twice", "CPU s: replicas/PG/broker/publisher"], rows)
     for store in STORES:
         sizes = [d["store_bytes_per_tick"] for d in details if d["store"] == store]
         if sizes:

@@ -82,6 +82,13 @@ class PostgresServer:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def postmaster_pid(self) -> int | None:
+        """The server's main process (its first line of postmaster.pid), for CPU accounting."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
 
