@@ -100,6 +100,23 @@ def test_k8s_objects_point_at_each_other():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+K8S_VERSION = "1.30"  # the oldest Kubernetes the manifests are meant for
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in K8S.glob("*.yaml")
+                                        if p.name != "kustomization.yaml"))
+def test_k8s_manifests_match_the_api_schemas(path):
+    """Strict: a misspelt or misplaced field fails, as `kubectl apply` would refuse it."""
+    utils = pytest.importorskip("kubernetes_validate.utils",
+                                reason="kubernetes-validate not installed (the dev extra)")
+    for doc in yaml.safe_load_all((K8S / path).read_text()):
+        try:
+            utils.validate(doc, K8S_VERSION, strict=True)
+        except utils.ValidationError as exc:
+            pytest.fail(f"{path}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} "
+                        f"at {'.'.join(map(str, exc.path))}")
+
+
 @pytest.mark.parametrize("path", ["docs/cloud.md", "deploy/k8s/statefulset.yaml", "README.md"])
 def test_no_share_of_the_fleet_caveat(path):
     """Replicas share the store now: no document may say a replica holds only its share."""
