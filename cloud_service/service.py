@@ -123,9 +123,12 @@ class Service:
         return removed
 
     def _run_retention(self) -> None:
+        """Retention is a fleet-wide job: only the replica holding the leader lease runs it (a
+        replica without a model holds no lease and leaves it to the others)."""
         while not self._stopping.is_set():
             try:
-                self.apply_retention()
+                if self.scorer is not None and self.scorer.leader:
+                    self.apply_retention()
             except Exception:
                 self.metrics.store_errors.labels("retention").inc()
                 log.exception("retention pass failed; trying again later")
