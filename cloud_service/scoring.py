@@ -260,15 +260,24 @@ class Scorer:
         rows = self.store.owned_assets(self.replica, seen_since=since)
         with self._cond:
             for row in rows:
-                if row.key not in self.owned or row.last_seq is None:
+                key = row.key
+                if key not in self.owned or row.last_seq is None:
                     continue
-                self._last_seq[row.key] = row.last_seq
-                if row.ticks != self._seen_ticks.get(row.key):
-                    self._seen_ticks[row.key] = row.ticks
-                    self._dirty[row.key].append(self._scan_range(row.key, row.last_seq))
+                before_ticks = self._seen_ticks.get(key, 0)
+                before_last = self._last_seq.get(key, -1)
+                self._last_seq[key], self._seen_ticks[key] = row.last_seq, row.ticks
+                if row.ticks == before_ticks:
+                    continue
+                frontier = self._next_end.get(key, first_window_end(self.window))
+                if row.ticks - before_ticks > row.last_seq - before_last:
+                    # Some of the new ticks landed behind the old head: windows completed late
+                    self._dirty[key].append(self._scan_range(key, row.last_seq))
+                elif row.last_seq >= frontier:
+                    self._dirty[key].append((frontier, row.last_seq))
             for key in self._hole_since:
-                if key in self._last_seq:
-                    self._dirty[key].append(self._scan_range(key, self._last_seq[key]))
+                frontier = self._next_end.get(key)
+                if frontier is not None and key in self._last_seq:
+                    self._dirty[key].append((frontier, max(frontier, self._last_seq[key])))
         self._last_scan = now
         self._next_scan = now + self.scan_interval
         if full:
