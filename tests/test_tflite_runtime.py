@@ -59,7 +59,7 @@ def tflite_runtime_python(tmp_path_factory) -> Path:
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", "tflite-runtime==2.14.0",
-                    "numpy<2", "pydantic>=2.7", "msgpack", "cryptography", "pyyaml"],
+                    "numpy<2", "pydantic>=2.7", "msgpack", "cryptography", "pyyaml", "packaging"],
                    check=True, timeout=600)
     return py
 
