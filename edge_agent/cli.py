@@ -41,7 +41,9 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="agent YAML file
     """Run the agent until SIGINT/SIGTERM."""
     cfg = _config(config)
     from edge_agent import logs
+    from edge_agent.memory import limit_malloc_arenas
 
+    limit_malloc_arenas()
     logs.setup(cfg.log.level, cfg.log.json_lines)
     from contract.errors import ContractError
     from edge_agent.agent import Agent
