@@ -49,7 +49,92 @@ class MqttSource(Section):
     type: Literal["mqtt"]
 
 
-Source = Annotated[CmapssSource | CsvSource | MqttSource, Field(discriminator="type")]
+ModbusDataType = Literal["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64",
+                         "float64"]
+
+
+class ModbusRegister(Section):
+    """Where one feature lives in a PLC; its value is `raw * scale + offset`."""
+
+    address: int = Field(ge=0, le=65535, description="first register, 0-based as on the wire")
+    register_type: Literal["holding", "input"] = "holding"
+    data_type: ModbusDataType = "uint16"
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+class ModbusAsset(Section):
+    asset: str
+    unit_id: int = Field(1, ge=0, le=255, description="the Modbus unit (slave) id of the asset")
+
+    @field_validator("asset")
+    @classmethod
+    def _asset(cls, v: str) -> str:
+        try:
+            return check_id(v, "asset")
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class ModbusSource(Section):
+    """Polls a Modbus TCP server (a PLC or a gateway to RTU devices): one reading per asset
+    per poll, the same register map read from each asset's unit id."""
+
+    type: Literal["modbus"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    poll_interval: float = Field(1.0, gt=0, description="seconds between two polls")
+    timeout: float = Field(2.0, gt=0, description="seconds to wait for one response")
+    word_order: Literal["big", "little"] = Field(
+        "big", description="order of the 16-bit words of 32/64-bit values")
+    registers: dict[str, ModbusRegister] = Field(
+        min_length=1, description="feature name -> register")
+    assets: list[ModbusAsset] = Field(min_length=1)
+    max_backoff: float = Field(30.0, gt=0, description="longest pause between reconnections")
+
+
+class OpcUaAsset(Section):
+    asset: str
+    nodes: dict[str, str] = Field(
+        min_length=1, description="feature name -> node id (e.g. ns=2;s=Pump1.Pressure)")
+
+    _asset = field_validator("asset")(ModbusAsset._asset.__func__)
+
+
+class OpcUaSource(Section):
+    """Reads OPC UA variables, by subscription (the server pushes changes) or by polling;
+    either way one reading per asset per `interval`, with the latest value of every node."""
+
+    type: Literal["opcua"]
+    url: str = Field(pattern=r"^opc\.tcp://", description="opc.tcp://host:port/path")
+    mode: Literal["subscription", "polling"] = "subscription"
+    interval: float = Field(1.0, gt=0, description="seconds between readings (and the "
+                                                   "subscription's publishing interval)")
+    timeout: float = Field(4.0, gt=0, description="seconds to wait for the server")
+    security_policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep",
+                             "Aes256_Sha256_RsaPss"] = "None"
+    security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: Path | None = Field(None, description="this client's certificate (DER or PEM)")
+    private_key: Path | None = None
+    server_certificate: Path | None = Field(
+        None, description="the server's certificate, pinned; default: the one it presents")
+    username: str | None = None
+    password: SecretStr | None = None
+    assets: list[OpcUaAsset] = Field(min_length=1)
+    max_backoff: float = Field(30.0, gt=0, description="longest pause between reconnections")
+
+    @model_validator(mode="after")
+    def _security(self) -> OpcUaSource:
+        if self.security_policy != "None" and not (self.certificate and self.private_key):
+            raise ValueError(f"security_policy {self.security_policy} needs certificate and "
+                             "private_key")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key must be given together")
+        return self
+
+
+Source = Annotated[CmapssSource | CsvSource | MqttSource | ModbusSource | OpcUaSource,
+                   Field(discriminator="type")]
 
 
 class BundleConfig(Section):
