@@ -126,7 +126,7 @@ def simulate_plc(
                                                "the Modbus unit id of its engine, 1..247)"),
         host: str = typer.Option("127.0.0.1", "--host", "-H"),
         port: int = typer.Option(5020, "--port", "-p", help="502 is the Modbus port (root only)"),
-        rate: float = typer.Option(1.0, help="C-MAPSS cycles per second"),
+        rate: float = typer.Option(1.0, min=0.001, help="C-MAPSS cycles per second"),
         loop: bool = typer.Option(False, help="start over at the end of a unit's rows"),
         print_config: bool = typer.Option(
             False, "--print-config", help="print the agent `sources:` entry that reads this "

@@ -74,6 +74,7 @@ class OpcUaReader(threading.Thread):
         self.backoff = Backoff(0.5, cfg.max_backoff)
         self.emitted = 0
         self._last_time: dict[str, float] = {}
+        self._bad_nodes: set[str] = set()
         # asyncua logs every failed attempt at length; the outage log reports them instead.
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
@@ -112,9 +113,7 @@ class OpcUaReader(threading.Thread):
             while not self.stop_event.is_set():
                 started = time.monotonic()
                 if self.cfg.mode == "polling":
-                    values = await asyncio.wait_for(client.read_values(nodes), self.cfg.timeout)
-                    for node_id, value in zip(self.latest.node_ids, values, strict=True):
-                        self.latest.update(node_id, value)
+                    await self._poll(client, nodes)
                 else:
                     await asyncio.wait_for(client.check_connection(), self.cfg.timeout)
                 if first:
@@ -129,6 +128,23 @@ class OpcUaReader(threading.Thread):
                 await asyncio.wait_for(client.disconnect(), 2)
             except Exception:  # the server may be gone already
                 log.debug("OPC UA disconnect failed", exc_info=True)
+
+    async def _poll(self, client, nodes: list) -> None:
+        """Read every node once; a node the server answers with a bad status (unknown node,
+        no access, sensor failure) is counted and leaves its asset without a reading."""
+        from asyncua import ua
+
+        results = await asyncio.wait_for(
+            client.read_attributes(nodes, attr=ua.AttributeIds.Value), self.cfg.timeout)
+        for node_id, result in zip(self.latest.node_ids, results, strict=True):
+            status = result.StatusCode
+            if status is not None and not status.is_good():
+                self.failed("status", f"{node_id}: {status.name}")
+                if node_id not in self._bad_nodes:
+                    self._bad_nodes.add(node_id)
+                    log.warning("OPC UA node %s of %s: %s", node_id, self.cfg.url, status.name)
+                continue
+            self.latest.update(node_id, result.Value.Value if result.Value else None)
 
     def _emit_complete(self) -> None:
         for asset, values in self.latest.complete().items():
@@ -197,10 +213,14 @@ def check_connection(cfg: OpcUaSource) -> str | None:
         except Exception as exc:
             return "{}: {}".format(*classify(exc))
         try:
+            from asyncua import ua
+
             ids = [n for a in cfg.assets for n in a.nodes.values()]
-            await asyncio.wait_for(client.read_values([client.get_node(n) for n in ids]),
-                                   cfg.timeout)
-            return None
+            results = await asyncio.wait_for(client.read_attributes(
+                [client.get_node(n) for n in ids], attr=ua.AttributeIds.Value), cfg.timeout)
+            bad = [f"{n}: {r.StatusCode.name}" for n, r in zip(ids, results, strict=True)
+                   if r.StatusCode is not None and not r.StatusCode.is_good()]
+            return "; ".join(bad) or None
         except Exception as exc:
             return "{}: {}".format(*classify(exc))
         finally:
