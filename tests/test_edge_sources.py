@@ -351,3 +351,16 @@ def test_opcua_server_restart_is_survived(opcua_server, caplog):
     assert [r for r in caplog.records if r.levelname == "ERROR"][0].getMessage().startswith(
         f"OPC UA server {opcua_server.url} (opcua-t) unreachable")
     assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", ["agent.modbus.yaml", "agent.opcua.yaml"])
+def test_example_configs_are_valid(name):
+    from edge_agent.config import load_config
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "deploy" / "gateway" / name)
+    src = cfg.sources[0]
+    if isinstance(src, ModbusSource):  # the register map the simulated PLC serves
+        assert {k: (r.address, r.data_type) for k, r in src.registers.items()} == {
+            k: (v["address"], v["data_type"])
+            for k, v in cmapss_registers(list(src.registers)).items()}
