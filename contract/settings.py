@@ -9,16 +9,16 @@ setting the operator meant would quietly keep its default.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings
 
 
 class ConfigError(ValueError):
@@ -45,14 +45,24 @@ class TlsConfig(Section):
         return v
 
 
-class FileSettings(BaseSettings):
-    """Settings whose values come from a YAML file (passed as init kwargs) and the environment,
-    the environment winning."""
+class FileSettings(BaseModel):
+    """Settings whose values come from a YAML file and the environment, the environment
+    winning; `load_settings` merges the two. A subclass names its variables' prefix in
+    `env_prefix` (or in `model_config`, as pydantic-settings' SettingsConfigDict does).
+
+    The environment is read here rather than by pydantic-settings, whose import (with asyncio)
+    costs the gateway agent ~7 MB of its 100 MB: same rules (case-insensitive names, nested keys
+    joined by `env_nested_delimiter`, JSON for lists, mappings and whole sections)."""
+
+    env_prefix: ClassVar[str] = ""
+    env_nested_delimiter: ClassVar[str] = "__"
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
-                                   dotenv_settings, file_secret_settings):
-        return (env_settings, init_settings)
+    def environment_prefix(cls) -> tuple[str, str]:
+        """(prefix, nested delimiter) of this config's environment variables."""
+        prefix = cls.env_prefix or str(cls.model_config.get("env_prefix") or "")
+        delimiter = str(cls.model_config.get("env_nested_delimiter") or cls.env_nested_delimiter)
+        return prefix, delimiter
 
     def masked(self) -> dict:
         """The effective config as plain data, every secret shown as '**********'."""
@@ -81,10 +91,10 @@ def load_settings(cls: type[_S], path: str | os.PathLike | None, overrides: dict
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of keys to values")
     data.update(overrides)
-    prefix = str(cls.model_config.get("env_prefix") or "")
-    delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
+    prefix, delimiter = cls.environment_prefix()
     if prefix:
         check_environment(cls, prefix, delimiter, os.environ)
+        data = merge(data, environment_values(cls, prefix, delimiter, os.environ))
     try:
         return cls(**data)
     except ValidationError as exc:
@@ -111,6 +121,66 @@ def environment_names(model: type[BaseModel], prefix: str, delimiter: str = "__"
         for sub in _models_in(info.annotation):
             names |= environment_names(sub, name + delimiter, delimiter)
     return names
+
+
+def _is_structured(annotation: Any) -> bool:
+    """True for a field whose environment value is JSON (a section, list, mapping, ...)."""
+    if isinstance(annotation, type):
+        return issubclass(annotation, (BaseModel, list, dict, tuple, set, frozenset))
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return any(_is_structured(arg) for arg in typing.get_args(annotation))
+    return origin in (list, dict, tuple, set, frozenset)
+
+
+def environment_values(model: type[BaseModel], prefix: str, delimiter: str,
+                       environ: Mapping[str, str]) -> dict:
+    """The values the environment sets, as nested data (`PREFIX_BROKER__PORT=1884` ->
+    {"broker": {"port": "1884"}}; pydantic converts the strings). Names that set no field
+    are left to `check_environment`."""
+    values: dict = {}
+    for key, raw in sorted(environ.items()):
+        if not key.upper().startswith(prefix.upper()):
+            continue
+        path = key[len(prefix):].lower().split(delimiter)
+        target: type[BaseModel] | None = model
+        annotation: Any = None
+        for part in path:
+            fields = target.model_fields if target is not None else {}
+            if part not in fields:
+                break
+            annotation = fields[part].annotation
+            target = next(_models_in(annotation), None)
+        else:
+            value: Any = raw
+            if _is_structured(annotation):
+                try:
+                    value = json.loads(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"invalid config (environment):\n  {key.upper()}: not "
+                                      f"valid JSON ({exc}) (got {_shown(key, raw)})") from None
+            node = values  # sorted: a whole section (JSON) comes before its keys
+            for part in path[:-1]:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            last = path[-1]
+            if isinstance(node.get(last), dict) and isinstance(value, dict):
+                value = merge(node[last], value)
+            node[last] = value
+    return values
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`base` with `over` laid on top, mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def check_environment(model: type[BaseModel], prefix: str, delimiter: str,

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from contract.manifest import Thresholds
 from contract.settings import ConfigError as ConfigError  # re-exported for callers
@@ -199,8 +198,8 @@ class LogConfig(Section):
 
 
 class AgentConfig(FileSettings):
-    model_config = SettingsConfigDict(env_prefix="PDM_AGENT_", env_nested_delimiter="__",
-                                      extra="forbid")
+    model_config = ConfigDict(extra="forbid")
+    env_prefix: ClassVar[str] = "PDM_AGENT_"
 
     gateway_id: str = Field(description="this gateway's id in every topic")
     broker: BrokerConfig = BrokerConfig()

@@ -225,3 +225,19 @@ def test_agent_reads_a_simulated_plc_and_survives_it_going_away(tmp_path, broker
     assert f"ERROR edge_agent.sources.modbus: Modbus server 127.0.0.1:{plc_port} (modbus-0) " \
            "unreachable" in log
     assert "Traceback" not in log
+
+
+def test_environment_sets_scalars_sections_and_lists_as_json(monkeypatch):
+    from edge_agent.config import load_config
+
+    monkeypatch.setenv("PDM_AGENT_BROKER", '{"host": "10.0.0.7", "port": 1884}')
+    monkeypatch.setenv("pdm_agent_broker__port", "1885")  # names are case-insensitive
+    monkeypatch.setenv("PDM_AGENT_BUNDLE__TRUSTED_KEYS", '["/etc/a.pub", "/etc/b.pub"]')
+    monkeypatch.setenv("PDM_AGENT_SOURCES", '[{"type": "mqtt"}]')
+    cfg = load_config(None, gateway_id="gw-1", broker={"host": "file-host", "keepalive": 40})
+    assert (cfg.broker.host, cfg.broker.port, cfg.broker.keepalive) == ("10.0.0.7", 1885, 40)
+    assert [str(p) for p in cfg.bundle.trusted_keys] == ["/etc/a.pub", "/etc/b.pub"]
+    assert cfg.sources[0].type == "mqtt"
+    monkeypatch.setenv("PDM_AGENT_SOURCES", "[{type: mqtt}]")
+    with pytest.raises(ConfigError, match="PDM_AGENT_SOURCES: not valid JSON"):
+        load_config(None, gateway_id="gw-1")
