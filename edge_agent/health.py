@@ -19,8 +19,12 @@ class OutageLog:
     """The state of one link, and the log lines its failures and recoveries deserve."""
 
     def __init__(self, log: logging.Logger, link: str, every: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, down: str = "unreachable",
+                 up: str = "reachable again") -> None:
+        """`down`/`up` word the state: a broker is "unreachable", a PLC that answers with
+        errors is better called "failing"."""
         self.log, self.link, self.every, self.clock = log, link, every, clock
+        self.down_word, self.up_word = down, up
         self.up = False
         self.failures = 0  # failed attempts in the current outage
         self.last_reason: str | None = None
@@ -36,18 +40,19 @@ class OutageLog:
             self.last_reason = reason
             if self._since is None:
                 self._since, self._last_logged = now, now
-                self.log.error("%s unreachable: %s", self.link, reason)
+                self.log.error("%s %s: %s", self.link, self.down_word, reason)
             elif now - self._last_logged >= self.every:
                 self._last_logged = now
-                self.log.error("%s still unreachable after %.0f s (%d failed attempts): %s",
-                               self.link, now - self._since, self.failures, reason)
+                self.log.error("%s still %s after %.0f s (%d failed attempts): %s",
+                               self.link, self.down_word, now - self._since, self.failures,
+                               reason)
 
     def recovered(self) -> None:
         with self._lock:
             self.up = True
             if self._since is not None:
-                self.log.info("%s reachable again after %.0f s (%d failed attempts)",
-                              self.link, self.clock() - self._since, self.failures)
+                self.log.info("%s %s after %.0f s (%d failed attempts)", self.link,
+                              self.up_word, self.clock() - self._since, self.failures)
             self._since, self.failures = None, 0
 
     @property

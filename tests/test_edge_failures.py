@@ -223,7 +223,7 @@ def test_agent_reads_a_simulated_plc_and_survives_it_going_away(tmp_path, broker
     log = (tmp_path / "agent.log").read_text()
     assert agent.returncode == 0, log
     assert f"ERROR edge_agent.sources.modbus: Modbus server 127.0.0.1:{plc_port} (modbus-0) " \
-           "unreachable" in log
+           "failing: connect" in log
     assert "Traceback" not in log
 
 

@@ -124,7 +124,8 @@ class ModbusPoller(threading.Thread):
         self.blocks = plan_blocks(cfg.registers)
         # pymodbus logs every failed attempt; the outage log below reports them, rate-limited.
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-        self.outage = OutageLog(log, f"Modbus server {cfg.host}:{cfg.port} ({name})")
+        self.outage = OutageLog(log, f"Modbus server {cfg.host}:{cfg.port} ({name})",
+                                down="failing", up="working again")
         self.backoff = Backoff(0.5, cfg.max_backoff)
         self.emitted = 0
         self.polls = 0

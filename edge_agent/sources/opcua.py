@@ -70,7 +70,8 @@ class OpcUaReader(threading.Thread):
         self.cfg, self.emit, self.stop_event = cfg, emit, stop
         self.failed, self.up = failed, up
         self.latest = LatestValues({a.asset: dict(a.nodes) for a in cfg.assets})
-        self.outage = OutageLog(log, f"OPC UA server {cfg.url} ({name})")
+        self.outage = OutageLog(log, f"OPC UA server {cfg.url} ({name})", down="failing",
+                                up="working again")
         self.backoff = Backoff(0.5, cfg.max_backoff)
         self.emitted = 0
         self._last_time: dict[str, float] = {}
