@@ -181,7 +181,11 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         if self.cfg.metrics_port is not None:
-            self.metrics.serve(self.cfg.metrics_port)
+            try:
+                self.metrics.serve(self.cfg.metrics_port)
+            except OSError as exc:
+                raise OSError(exc.errno, f"metrics port {self.cfg.metrics_port}: "
+                                         f"{exc.strerror}") from None
         self.local.start()
         if self.uplink is not self.local:
             self.uplink.start()

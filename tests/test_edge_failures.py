@@ -241,3 +241,20 @@ def test_environment_sets_scalars_sections_and_lists_as_json(monkeypatch):
     monkeypatch.setenv("PDM_AGENT_SOURCES", "[{type: mqtt}]")
     with pytest.raises(ConfigError, match="PDM_AGENT_SOURCES: not valid JSON"):
         load_config(None, gateway_id="gw-1")
+
+
+def test_check_config_connect_names_the_tls_failure(tmp_path, tls_broker, data_dir):
+    tls = tls_broker.tls
+    config = agent_config(tmp_path, tls_broker.port, data_dir)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["broker"]["tls"] = {"enabled": True, "cert_file": str(tls.client_cert),
+                            "key_file": str(tls.client_key)}  # no ca_file: the system CAs
+    config.write_text(yaml.safe_dump(cfg))
+    out = cli("edge_agent", "check-config", "--connect", "--timeout", "5", str(config))
+    assert out.returncode == 1
+    assert out.stdout.strip() == (f"broker 127.0.0.1:{tls_broker.port}: FAILED: TLS: "
+                                  "CERTIFICATE_VERIFY_FAILED"), out.stdout + out.stderr
+    cfg["broker"]["tls"]["ca_file"] = str(tls.ca)
+    config.write_text(yaml.safe_dump(cfg))
+    out = cli("edge_agent", "check-config", "--connect", str(config))
+    assert out.returncode == 0, out.stdout + out.stderr
