@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from contract.manifest import Thresholds
 from contract.settings import ConfigError as ConfigError  # re-exported for callers
@@ -62,17 +62,19 @@ class ModbusRegister(Section):
     offset: float = 0.0
 
 
-class ModbusAsset(Section):
-    asset: str
-    unit_id: int = Field(1, ge=0, le=255, description="the Modbus unit (slave) id of the asset")
+def _asset_id(v: str) -> str:
+    try:
+        return check_id(v, "asset")
+    except ValueError as exc:  # ContractError is a ValueError: pydantic reports it by key
+        raise ValueError(str(exc)) from None
 
-    @field_validator("asset")
-    @classmethod
-    def _asset(cls, v: str) -> str:
-        try:
-            return check_id(v, "asset")
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
+
+AssetId = Annotated[str, AfterValidator(_asset_id)]
+
+
+class ModbusAsset(Section):
+    asset: AssetId
+    unit_id: int = Field(1, ge=0, le=255, description="the Modbus unit (slave) id of the asset")
 
 
 class ModbusSource(Section):
@@ -93,11 +95,9 @@ class ModbusSource(Section):
 
 
 class OpcUaAsset(Section):
-    asset: str
+    asset: AssetId
     nodes: dict[str, str] = Field(
         min_length=1, description="feature name -> node id (e.g. ns=2;s=Pump1.Pressure)")
-
-    _asset = field_validator("asset")(ModbusAsset._asset.__func__)
 
 
 class OpcUaSource(Section):

@@ -51,10 +51,10 @@ def check_links(cfg: AgentConfig, timeout: float) -> Iterator[tuple[str, str | N
         if isinstance(src, ModbusSource):
             from edge_agent.sources import modbus
 
-            checked = src.model_copy(update={"timeout": min(src.timeout, timeout)})
-            yield f"modbus-{i} {src.host}:{src.port}", modbus.check_connection(checked)
+            quick_modbus = src.model_copy(update={"timeout": min(src.timeout, timeout)})
+            yield f"modbus-{i} {src.host}:{src.port}", modbus.check_connection(quick_modbus)
         elif isinstance(src, OpcUaSource):
             from edge_agent.sources import opcua
 
-            checked = src.model_copy(update={"timeout": min(src.timeout, timeout)})
-            yield f"opcua-{i} {src.url}", opcua.check_connection(checked)
+            quick_opcua = src.model_copy(update={"timeout": min(src.timeout, timeout)})
+            yield f"opcua-{i} {src.url}", opcua.check_connection(quick_opcua)

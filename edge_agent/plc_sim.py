@@ -15,6 +15,7 @@ import contextlib
 import functools
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class PlcSimulator:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
-        self._server = None
+        self._server: Any = None  # pymodbus' ModbusTcpServer, imported only when serving
         self._error: BaseException | None = None
 
     def row_index(self, unit: int, now: float | None = None) -> int:

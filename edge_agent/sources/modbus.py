@@ -59,7 +59,8 @@ def plan_blocks(registers: dict[str, ModbusRegister]) -> list[Block]:
     for kind in ("holding", "input"):
         regs = sorted(((r.address, name, r) for name, r in registers.items()
                        if r.register_type == kind), key=lambda item: item[0])
-        start, end, fields = -1, -1, []  # end: one past the last register of the block
+        start, end = -1, -1  # end: one past the last register of the block
+        fields: list[Field] = []
         for address, name, r in regs:
             size = LAYOUT[r.data_type][1]
             if address < end:
