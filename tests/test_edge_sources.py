@@ -364,3 +364,36 @@ def test_example_configs_are_valid(name):
         assert {k: (r.address, r.data_type) for k, r in src.registers.items()} == {
             k: (v["address"], v["data_type"])
             for k, v in cmapss_registers(list(src.registers)).items()}
+
+
+@pytest.mark.security
+def test_opcua_basic256sha256_reads_with_certificates_and_refuses_without(tmp_path):
+    from tests.support.industrial import make_opcua_certificate
+
+    server_cert, server_key = make_opcua_certificate(tmp_path, "server", server=True)
+    client_cert, client_key = make_opcua_certificate(tmp_path, "client", server=False)
+    server = OpcUaTestServer({"pump-1": {"pressure": 4.5}}, certificate=server_cert,
+                             private_key=server_key).start()
+    try:
+        plain = opcua_source(server, "polling", {"pump-1": ["pressure"]})
+        reader, got, stop = start_reader(plain)  # no security: the server offers none such
+        try:
+            assert wait_until(lambda: len(got.failures) >= 1)
+        finally:
+            stop.set()
+            reader.join(10)
+        assert not got.readings
+        assert got.reasons() <= {"status", "connect"}, got.failures
+
+        secure = opcua_source(server, "subscription", {"pump-1": ["pressure"]},
+                              security_policy="Basic256Sha256", certificate=client_cert,
+                              private_key=client_key, server_certificate=server_cert)
+        reader, got, stop = start_reader(secure)
+        try:
+            assert wait_until(lambda: len(got.readings) >= 2), got.failures
+        finally:
+            stop.set()
+            reader.join(10)
+        assert got.readings[0].values == {"pressure": 4.5}
+    finally:
+        server.stop()

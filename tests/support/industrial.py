@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from pathlib import Path
 
 from tests.support.broker import free_port
 
@@ -16,8 +17,11 @@ class OpcUaTestServer:
     variable per feature, node ids `ns=2;s=<asset>.<feature>`. `set(asset, feature, value)`
     writes a value (from any thread)."""
 
-    def __init__(self, assets: dict[str, dict[str, object]], port: int | None = None) -> None:
+    def __init__(self, assets: dict[str, dict[str, object]], port: int | None = None,
+                 certificate: Path | None = None, private_key: Path | None = None) -> None:
+        """With a certificate and key the server offers Basic256Sha256 (SignAndEncrypt) only."""
         self.assets = assets
+        self.certificate, self.private_key = certificate, private_key
         self.port = port or free_port()
         self.url = f"opc.tcp://127.0.0.1:{self.port}/pdm/"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -36,7 +40,12 @@ class OpcUaTestServer:
         server = Server()
         await server.init()
         server.set_endpoint(self.url)
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.certificate is not None:
+            await server.load_certificate(str(self.certificate))
+            await server.load_private_key(str(self.private_key))
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        else:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         self.ns = await server.register_namespace("urn:pdm:test")
         for asset, values in self.assets.items():
             obj = await server.nodes.objects.add_object(self.ns, asset)
@@ -97,3 +106,16 @@ class SilentServer:
         self.sock.close()
         for conn in self.accepted:
             conn.close()
+
+
+def make_opcua_certificate(folder: Path, name: str, server: bool) -> tuple[Path, Path]:
+    """A self-signed OPC UA application certificate (DER) and its key (PEM) for 127.0.0.1."""
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.der", folder / f"{name}.pem"
+    use = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+    asyncio.run(setup_self_signed_certificate(key, cert, f"urn:pdm:test:{name}", "127.0.0.1",
+                                              use, {"commonName": name}))
+    return cert, key
