@@ -180,6 +180,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "timeout", "no answer in time"
     if isinstance(exc, ua.UaStatusCodeError):
         return "status", f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
+        # asyncua's only sign that the server offers no endpoint with our security policy
+        return "security", f"the server offers no endpoint with this security policy ({exc})"
     if isinstance(exc, OSError):
         return "connect", exc.strerror or str(exc) or type(exc).__name__
     return "error", f"{type(exc).__name__}: {exc}"
