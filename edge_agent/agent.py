@@ -172,7 +172,8 @@ class Agent:
                 self.pollers.append(OpcUaReader(name, src, self.emit, self.stopping,
                                                 *self._source_health(name)))
 
-    def _source_health(self, name: str):
+    def _source_health(self, name: str) -> tuple[Callable[[str, str], None],
+                                                  Callable[[bool], None]]:
         """The callbacks an industrial source reports its failures and state through."""
         self.metrics.source_up.labels(name).set(0)
         return (lambda reason, detail: self.metrics.source_errors.labels(name, reason).inc(),

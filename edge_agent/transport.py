@@ -151,8 +151,8 @@ class PahoTransport:
 
 
 def describe_os_error(exc: BaseException) -> str:
-    """A socket or TLS error in a few words ("connection refused", "certificate verify
-    failed: ...")."""
+    """A socket or TLS error in a few words ("connection refused", "TLS:
+    CERTIFICATE_VERIFY_FAILED")."""
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     if isinstance(exc, TimeoutError):
