@@ -24,11 +24,11 @@ from cloud_service.metrics import Metrics
 from cloud_service.model import load_verified
 from cloud_service.scoring import Scorer
 from cloud_service.store import Received, SqliteStore
-from cloud_service.testing import make_bundle
 from contract.cmapss import COLUMNS, read_cmapss
 from contract.manifest import Manifest
 from contract.payloads import UplinkBatch
 from contract.preprocess import sliding_windows
+from tests.support.cloud import make_bundle
 
 BATCH = 512
 

@@ -1,8 +1,13 @@
 """The HTTP API (FastAPI): fleet reads under /api/v1, health and metrics, model upload and
 rollouts.
 
-Reads are open; every write and admin route needs `Authorization: Bearer <api_token>`.
-Errors are JSON: `{"detail": "<what went wrong and what to do>"}`.
+Every write and admin route needs `Authorization: Bearer <api_token>`. Reads under /api/v1
+are open unless `api.read_token` is set; then they need that token (or api_token). Tokens are
+compared in constant time. /healthz, /readyz, /metrics and the docs stay open. The docs' Swagger
+UI and ReDoc files are served by the service itself (fastapi-offline ships them): a plant
+network without the internet still sees them.
+Errors are JSON: `{"detail": "<what went wrong and what to do>"}` (a list of the fields at fault
+when the request does not match its schema).
 """
 
 from __future__ import annotations
@@ -10,22 +15,27 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
+from pydantic import SecretStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud_service import __version__, schemas
 from cloud_service.config import CloudConfig
 from cloud_service.deadletters import REASONS
 from cloud_service.rollouts import RolloutError
 from cloud_service.service import Service
-from cloud_service.store import ModelConflict
+from cloud_service.store import AssetRow, ModelConflict, ModelRow
 from contract.errors import ContractError
 from contract.payloads import AlertState
 
@@ -36,24 +46,52 @@ AssetId = Annotated[str, Path(pattern=ID, description="asset id")]
 Limit = Annotated[int, Query(ge=1, le=5000, description="rows per page")]
 MAX_SEQ = 2**53  # seqs and ids are SQLite integers; a bigger number can match nothing anyway
 MAX_TIME = 1e11  # epoch seconds (year 5138): bounds the float filters to finite numbers
-_bearer = HTTPBearer(auto_error=False, description="the service's api_token")
+DOCS_ASSETS = "/docs-assets"  # swagger-ui and redoc files, served from the fastapi-offline package
+_bearer = HTTPBearer(auto_error=False, description="the service's api_token (every route) or "
+                                                    "api.read_token (reads)")
 UNAUTHORIZED = {401: {"model": schemas.Problem, "description": "missing or wrong bearer token"}}
+INVALID = {422: {"model": schemas.ValidationProblem,
+                 "description": "the request does not match its schema, or is refused"}}
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
-def require_token(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
-                                                     Depends(_bearer)]) -> None:
-    token = service_of(request).cfg.api_token.get_secret_value()
+def _matches(given: str, token: SecretStr | None) -> bool:
+    """Constant time in the token's content, whatever the guess."""
+    if token is None:
+        return False
+    return secrets.compare_digest(given.encode(), token.get_secret_value().encode())
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_token(request: Request, creds: Credentials) -> None:
+    """Write and admin routes: the api_token only."""
     if creds is None or creds.scheme.lower() != "bearer":
-        raise HTTPException(401, "this route needs 'Authorization: Bearer <api_token>' (the "
-                                 "token is the service's api_token setting)",
-                            headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(creds.credentials.encode(), token.encode()):
-        raise HTTPException(401, "the bearer token is not the service's api_token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise _unauthorized("this route needs 'Authorization: Bearer <api_token>' (the token "
+                            "is the service's api_token setting)")
+    if not _matches(creds.credentials, service_of(request).cfg.api_token):
+        raise _unauthorized("the bearer token is not the service's api_token")
+
+
+def require_read_token(request: Request, creds: Credentials) -> None:
+    """Read routes, when api.read_token is set: that token or the api_token."""
+    cfg = service_of(request).cfg
+    if cfg.api.read_token is None:
+        return
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise _unauthorized("this route needs 'Authorization: Bearer <token>' with the "
+                            "service's api.read_token or api_token")
+    # Both compared, always: which one matched must not show in the time taken.
+    if not (_matches(creds.credentials, cfg.api.read_token)
+            | _matches(creds.credentials, cfg.api_token)):
+        raise _unauthorized("the bearer token is neither the service's api.read_token nor its "
+                            "api_token")
 
 
 Authorized = [Depends(require_token)]
@@ -70,10 +108,13 @@ def create_app(cfg: CloudConfig) -> FastAPI:
         finally:
             await run_in_threadpool(service.stop)
 
-    app = FastAPI(title="pdm cloud service", version=__version__, lifespan=lifespan,
-                  description="Fleet view of the predictive-maintenance system: gateways, "
-                              "assets, ticks, cloud predictions next to the edge's, alerts, "
-                              "dead letters and model bundles.")
+    app = FastAPIOffline(
+        title="pdm cloud service", version=__version__, lifespan=lifespan,
+        static_url=DOCS_ASSETS, favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
+        description="Fleet view of the predictive-maintenance system: gateways, assets, ticks, "
+                    "cloud predictions next to the edge's, alerts, dead letters and model "
+                    "bundles.")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -81,9 +122,31 @@ def create_app(cfg: CloudConfig) -> FastAPI:
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the service "
                                        "log has the details"}, status_code=500)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the methods of the route that matched first; a client
+            # needs every method the path serves (RFC 9110, 15.5.6).
+            methods = _allowed_methods(request.app, request.url.path)
+            if methods:
+                exc = StarletteHTTPException(405, exc.detail, headers={
+                    **(exc.headers or {}), "Allow": ", ".join(methods)})
+        return await http_exception_handler(request, exc)
+
     app.include_router(_ops_routes())
-    app.include_router(_api_routes(), prefix="/api/v1")
+    app.include_router(_api_routes(), prefix="/api/v1", responses=UNAUTHORIZED,
+                       dependencies=[Depends(require_read_token)])
     return app
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document gives the path (the document is what clients read)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods |= {m.upper() for m in operations if m != "parameters"}
+    return sorted(methods)
 
 
 def _ops_routes() -> APIRouter:
@@ -108,7 +171,7 @@ def _ops_routes() -> APIRouter:
     return r
 
 
-def _asset_out(row: dict) -> schemas.Asset:
+def _asset_out(row: AssetRow) -> schemas.Asset:
     return schemas.Asset(
         gateway=row["gateway"], asset=row["asset"], first_seen=row["first_seen"],
         last_seen=row["last_seen"], last_seq=row["last_seq"], ticks=row["ticks"] or 0,
@@ -119,7 +182,7 @@ def _asset_out(row: dict) -> schemas.Asset:
         edge_model_version=row["edge_model_version"])
 
 
-def _model_out(row: dict, request: Request) -> schemas.Model:
+def _model_out(row: ModelRow, request: Request) -> schemas.Model:
     service = service_of(request)
     scoring = service.manifest is not None and service.manifest.version == row["version"]
     return schemas.Model(
@@ -224,7 +287,7 @@ def _api_routes() -> APIRouter:
             responses={**UNAUTHORIZED, 200: {"model": schemas.Model,
                                              "description": "already registered"},
                        409: {"model": schemas.Problem}, 413: {"model": schemas.Problem},
-                       422: {"model": schemas.Problem}},
+                       **INVALID},
             openapi_extra={"requestBody": {"required": True, "content": {
                 media: {"schema": {"type": "string", "format": "binary"}}
                 for media in ("application/x-tar", "application/octet-stream")}}})
@@ -296,7 +359,7 @@ def _api_routes() -> APIRouter:
     return r
 
 
-def _weighted(rows: list[dict], key: str, weight: str) -> float | None:
+def _weighted(rows: Sequence[Mapping[str, Any]], key: str, weight: str) -> float | None:
     """The fleet-wide share from per-asset shares."""
     total = sum(r[weight] for r in rows if r[key] is not None)
     if not total:
@@ -305,6 +368,7 @@ def _weighted(rows: list[dict], key: str, weight: str) -> float | None:
 
 
 RolloutId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,64}$", description="rollout id")]
+NOT_JSON = {400: {"model": schemas.Problem, "description": "the body cannot be parsed"}}
 ROLLOUT_ERRORS = {**UNAUTHORIZED, 404: {"model": schemas.Problem},
                   409: {"model": schemas.Problem}, 503: {"model": schemas.Problem}}
 
@@ -327,7 +391,7 @@ def _rollout_call(request: Request, action, *args) -> dict:
 
 def _rollout_routes(r: APIRouter) -> None:
     @r.post("/rollouts", tags=["rollouts"], status_code=201, response_model=schemas.Rollout,
-            dependencies=Authorized, responses={**ROLLOUT_ERRORS, 422: {"model": schemas.Problem}},
+            dependencies=Authorized, responses={**ROLLOUT_ERRORS, **NOT_JSON, **INVALID},
             summary="Roll a registered model out to all gateways, a list, or a percentage")
     def create_rollout(request: Request, body: schemas.RolloutRequest):
         rollouts = service_of(request).rollouts

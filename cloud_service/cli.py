@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from cloud_service import pki
 from cloud_service.config import ConfigError, load_config
 from contract.cli import HELP_OPTIONS
 
@@ -39,12 +40,73 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="service YAML fi
     cfg = _config(config)
     logging.basicConfig(level=cfg.log.level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cloud_service.store import StoreError, open_store
+
+    try:  # fail early, in one line, on a store that cannot be opened (and migrate it)
+        open_store(cfg.store).close()
+    except StoreError as exc:
+        typer.echo(f"store: {exc}", err=True)
+        raise typer.Exit(3) from None
     import uvicorn
 
     from cloud_service.api import create_app
 
     uvicorn.run(create_app(cfg), host=cfg.http.host, port=cfg.http.port,
                 log_level=cfg.log.level.lower(), log_config=None, access_log=False)
+
+
+pki_app = typer.Typer(no_args_is_help=True, help="Certificates for mutual TLS with the broker "
+                      "(CN = gateway id; see docs/security.md).")
+app.add_typer(pki_app, name="pki")
+
+
+@pki_app.command("init")
+def pki_init(
+    folder: Path = typer.Argument(..., help="folder to write the CA, broker and cloud files to"),
+    host: list[str] = typer.Option([], "--host", help="another name or IP address the broker "
+                                   "is reached by (repeatable), e.g. mosquitto"),
+    cloud_name: str = typer.Option(pki.CLOUD_NAME, help="the cloud's CN (its broker username)"),
+    days: int = typer.Option(pki.LEAF_DAYS, min=1, help="validity of the leaf certificates"),
+) -> None:
+    """Write a new CA, the broker's server certificate and the cloud's client certificate."""
+    try:
+        layout = pki.init_pki(folder, host, cloud_name, days)
+    except (pki.PkiError, OSError) as exc:
+        typer.echo(f"pki init: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {layout.ca.cert}, {layout.broker.cert} and {layout.cloud.cert} (keys "
+               f"0600 beside them); keep {layout.ca.key} offline once gateways are issued")
+
+
+@pki_app.command("gateway")
+def pki_gateway(
+    name: str = typer.Argument(..., help="the gateway id (its certificate's CN)"),
+    folder: Path = typer.Argument(..., help="the folder `pki init` wrote"),
+    days: int = typer.Option(pki.LEAF_DAYS, min=1, help="validity of the certificate"),
+) -> None:
+    """Write one gateway's key and certificate, signed by the CA in FOLDER."""
+    try:
+        identity = pki.issue_gateway(folder, name, days)
+    except (pki.PkiError, OSError) as exc:
+        typer.echo(f"pki gateway: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {identity.cert} and {identity.key} (0600)")
+
+
+@pki_app.command("revoke")
+def pki_revoke(
+    name: str = typer.Argument(..., help="the gateway id whose certificate is revoked"),
+    folder: Path = typer.Argument(..., help="the folder `pki init` wrote"),
+) -> None:
+    """Revoke a gateway's certificate: add it to FOLDER/crl.pem (the broker's crlfile; reload
+    the broker with SIGHUP or a restart)."""
+    try:
+        count = pki.revoke_gateway(folder, name)
+    except (pki.PkiError, OSError) as exc:
+        typer.echo(f"pki revoke: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"revoked {name}: {folder / 'crl.pem'} now lists {count} certificate(s); "
+               "reload the broker (SIGHUP) to apply it")
 
 
 @app.command()

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from contract.bundle import load_private_key
@@ -39,10 +39,71 @@ class BrokerConfig(Section):
 
 
 class StoreConfig(Section):
-    path: Path = Path("var/cloud.db")
+    url: str = Field(
+        "sqlite:///var/cloud.db",
+        description="sqlite:///relative/path.db, sqlite:////absolute/path.db or "
+                    "postgresql://user@host:5432/database (no password in it)")
+    path: Path | None = Field(
+        None, description="deprecated: a SQLite file; same as url: sqlite:///<path>")
     synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL", description="FULL: a committed (and so acknowledged) batch survives power loss; "
-                            "NORMAL: only process crashes")
+        "FULL", description="SQLite only. FULL: a committed (and so acknowledged) batch "
+                            "survives power loss; NORMAL: only process crashes")
+    password: SecretStr | None = Field(
+        None, description="PostgreSQL password (set PDM_CLOUD_STORE__PASSWORD)")
+    password_file: Path | None = Field(
+        None, description="PostgreSQL password read from this file (a mounted secret)")
+    pool_size: int = Field(
+        8, ge=2, le=200, description="PostgreSQL connections at most (recovery holds one "
+                                     "while it looks up others)")
+    pool_timeout: float = Field(
+        10, gt=0, le=600, description="seconds a store call waits for a PostgreSQL connection "
+                                      "before it fails (and its caller retries)")
+    connect_timeout: float = Field(
+        30, ge=0, le=3600, description="seconds to keep trying an unreachable database at "
+                                       "start before exiting")
+    retry_min_delay: float = Field(0.5, gt=0, le=60)
+    retry_max_delay: float = Field(5, gt=0, le=600)
+    retention_days: float | None = Field(
+        None, gt=0, description="ticks and predictions older than this (tick time) are "
+                                "removed; none: keep everything")
+    retention_interval: float = Field(
+        3600, ge=1, description="seconds between retention passes")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from cloud_service.store.base import StoreError, parse_store_url
+
+        try:
+            parse_store_url(v)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _path_alias(self) -> StoreConfig:
+        if self.path is not None:
+            if "url" in self.model_fields_set and self.url != f"sqlite:///{self.path}":
+                raise ValueError("give store.url or the deprecated store.path, not both")
+            self.url = f"sqlite:///{self.path}"
+            self.path = None
+        return self
+
+    def secret(self) -> str | None:
+        """The PostgreSQL password: the setting (or its environment variable), else the
+        file's first line."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        from cloud_service.store.base import StoreError
+
+        try:
+            lines = self.password_file.read_text().splitlines()
+        except OSError as exc:
+            raise StoreError(f"cannot read store.password_file {self.password_file}: "
+                             f"{exc.strerror}") from None
+        return lines[0] if lines else ""
 
 
 class BundleConfig(Section):
@@ -78,6 +139,14 @@ class ScoringConfig(Section):
     batch_max: int = Field(512, ge=1, le=65536, description="windows per model call at most")
     max_delay: float = Field(
         0.05, ge=0, le=60, description="seconds a window may wait for its batch to fill")
+    lease_seconds: float = Field(
+        10, ge=1, le=300, description="a replica that stops renewing its lease for this long "
+                                      "loses its assets to the others")
+    gap_wait: float = Field(
+        60, ge=0, le=86_400, description="seconds an asset's windows wait for a missing tick "
+                                         "before scoring goes on past it")
+    scan_interval: float = Field(
+        0.25, gt=0, le=60, description="seconds between looks for ticks other replicas stored")
 
 
 class IngestConfig(Section):
@@ -94,8 +163,17 @@ class DeadLetterConfig(Section):
 
 
 class HttpConfig(Section):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="loopback unless told otherwise; a container "
+                                               "binds 0.0.0.0 (deploy/docker/cloud.yaml)")
     port: int = Field(8000, ge=0, le=65535)
+
+
+class ApiConfig(Section):
+    read_token: SecretStr | None = Field(
+        None, min_length=16,
+        description="when set, the read routes under /api/v1 need this bearer token (or "
+                    "api_token); /healthz, /readyz, /metrics and the docs stay open "
+                    "(PDM_CLOUD_API__READ_TOKEN)")
 
 
 class LogConfig(Section):
@@ -122,8 +200,10 @@ class CloudConfig(FileSettings):
     registry: RegistryConfig = RegistryConfig()
     rollouts: RolloutsConfig = RolloutsConfig()
     api_token: SecretStr = Field(
-        description="bearer token for write and admin routes (set PDM_CLOUD_API_TOKEN)",
+        description="bearer token for write and admin routes, also good for reads (set "
+                    "PDM_CLOUD_API_TOKEN)",
         min_length=16)
+    api: ApiConfig = ApiConfig()
     scoring: ScoringConfig = ScoringConfig()
     ingest: IngestConfig = IngestConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()

@@ -19,6 +19,12 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("trailing-bytes", r"trailing bytes"),
         ("not-msgpack", r"not valid msgpack|must be a msgpack map"),
         ("not-json", r"is not JSON|must be a JSON object"),
+        ("bad-seq", r"first_seq|last seq|\bseq: "),
+        ("bad-time", r"timestamps (has values outside|go backwards)"),
+        ("bad-probability", r"probability has values outside"),
+        ("bad-rul", r"remaining useful life\) has negative"),
+        ("not-boolean", r"valid boolean"),
+        ("bad-feature-name", r"feature name|features has|features\) must be"),
         ("missing-field", r"lacks field|field required|missing"),
         ("non-finite", r"NaN|infinity|finite number"),
         ("bad-shape", r"shape|entries, expected|numbers, expected|whole array|must be a vector"

@@ -11,6 +11,14 @@ broker deliver it again, and the (gateway, asset, seq) keys make the second copy
 Threads: paho's network thread only puts messages on a bounded queue (when it is full, paho
 stops reading the socket: back-pressure). A writer thread decodes a group of messages, writes
 them in one transaction and then acknowledges them in arrival order.
+
+Leaving for good: the broker keeps a stopped replica's session, and goes on queuing that
+replica's share of the uplink in it until the session expires. That is right for a restart and
+for the last replica, but a replica removed by a scale-down would strand its share. So a
+replica that stops while others are live hands over (`hand_over`): it leaves the shared
+subscriptions, stores and acknowledges what the broker had already sent it, and then
+disconnects with a session expiry of 0, so the broker forgets it and sends the others
+everything.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from paho.mqtt.properties import Properties
 from cloud_service.config import CloudConfig
 from cloud_service.deadletters import DeadLetter
 from cloud_service.metrics import Metrics
-from cloud_service.store import Inserted, Received, ReportUpdate, StatusUpdate, Store
+from cloud_service.store import IngestStore, Inserted, Received, ReportUpdate, StatusUpdate
 from contract import codec, topics
 from contract.errors import ContractError
 from contract.payloads import GatewayStatus, UpdateReport
@@ -42,7 +50,11 @@ Decoded = Received | StatusUpdate | ReportUpdate | DeadLetter | None
 def decode_message(topic: str, payload: bytes, max_bytes: int, keep_bytes: int,
                    received_at: float) -> Decoded:
     """What one MQTT message means for the store (pure). None: nothing to store (an empty
-    retained status, which is how a retained message is cleared)."""
+    retained status, which is how a retained message is cleared).
+
+    The topic's gateway is the authenticated one: the broker's ACL lets a client publish only
+    under its own certificate's id. A payload naming another gateway is refused (dead letter
+    "gateway-mismatch"), never stored under either name."""
     def dead(detail: str, gateway: str | None = None, reason: str | None = None) -> DeadLetter:
         return DeadLetter.of(topic, gateway, detail, payload, keep_bytes, received_at, reason)
 
@@ -96,7 +108,7 @@ class _Message:
 class Consumer:
     """Connects, subscribes, stores, acknowledges; reconnects with backoff on its own."""
 
-    def __init__(self, cfg: CloudConfig, store: Store, metrics: Metrics,
+    def __init__(self, cfg: CloudConfig, store: IngestStore, metrics: Metrics,
                  on_inserted: Callable[[list[Inserted]], None] = lambda _: None) -> None:
         self.cfg = cfg
         self.store = store
@@ -110,6 +122,9 @@ class Consumer:
         self.update_filter = topics.shared(cfg.share_group, topics.subscription("update"))
         self.escalate_filter = topics.shared(cfg.share_group, topics.subscription("escalate"))
         self._inbox: queue.Queue[_Message] = queue.Queue(cfg.ingest.queue_max_messages)
+        self._last_message = time.monotonic()
+        self._handling = False
+        self._forget_session = False
         self._generation = 0
         self._ever_connected = False
         self._stopping = threading.Event()
@@ -155,10 +170,42 @@ class Consumer:
         self._stopping.set()
         if self._writer:
             self._writer.join(timeout)
-        self.client.disconnect()
+        if self._forget_session:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+            self.client.disconnect(properties=props)
+        else:
+            self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()
         self.metrics.broker_connected.set(0)
+
+    def hand_over(self, quiet: float = 1.0, timeout: float = 30) -> bool:
+        """Leave the shared subscriptions for good (other replicas take every message from
+        now on), store and acknowledge what the broker had sent already, and have the session
+        forgotten at `stop`. True when done; False (the session is kept, so nothing is lost)
+        when not connected or messages kept coming for `timeout` seconds."""
+        if not self.connected.is_set():
+            log.warning("not connected: keeping the broker session (its queued messages wait "
+                        "for a replica with client id %s)", self.cfg.client_id)
+            return False
+        shared = [self.uplink_filter, self.update_filter, self.escalate_filter]
+        result, _ = self.client.unsubscribe(shared)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("could not leave the shared subscriptions (%s); keeping the session",
+                        mqtt.error_string(result))
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self._inbox.empty() and not self._handling
+                    and time.monotonic() - self._last_message >= quiet):
+                self._forget_session = True
+                log.info("handed the uplink over to the other replicas")
+                return True
+            time.sleep(0.05)
+        log.warning("messages kept coming for %.0f s after leaving the shared subscriptions; "
+                    "keeping the session", timeout)
+        return False
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
         return self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -190,6 +237,7 @@ class Consumer:
         self.metrics.broker_connected.set(0)
 
     def _on_message(self, client, userdata, msg) -> None:
+        self._last_message = time.monotonic()
         item = _Message(self._generation, msg.topic, bytes(msg.payload), msg.mid, msg.qos,
                         time.time())
         while True:  # blocks paho's thread when the writer is behind: back-pressure
@@ -217,7 +265,11 @@ class Consumer:
                 except queue.Empty:
                     break
             self.metrics.ingest_queue.set(self._inbox.qsize())
-            self._handle(group)
+            self._handling = True
+            try:
+                self._handle(group)
+            finally:
+                self._handling = False
 
     def _handle(self, group: list[_Message]) -> None:
         cfg = self.cfg
@@ -278,7 +330,8 @@ class Consumer:
                 inserted = self.store.write_ingest(batches, statuses, dead, reports)
                 self.store_error = None
                 return inserted
-            except Exception as exc:  # disk full, locked, I/O error: retry, never drop
+            except Exception as exc:  # disk full, locked, database down: retry, never drop
+                self.metrics.store_errors.labels("ingest").inc()
                 self.store_error = f"store write failed: {exc}"
                 log.error("%s; retrying in %.1fs", self.store_error, delay)
                 if self._stopping.wait(delay):

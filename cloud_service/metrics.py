@@ -58,6 +58,31 @@ class Metrics:
                                 "edge's decision agreed or overruled", ["outcome"], registry=r)
         self.alerts = Counter("pdm_cloud_alerts", "cloud alert transitions, by new state",
                               ["state"], registry=r)
+        self.store_errors = Counter("pdm_cloud_store_errors", "store operations that failed "
+                                    "(connection lost, database down, disk full) and were "
+                                    "retried, by caller", ["caller"], registry=r)
+        for caller in ("ingest", "scoring", "readiness", "retention"):
+            self.store_errors.labels(caller)
+        self.store_up = Gauge("pdm_cloud_store_up", "1 while the store took a write at the "
+                              "last readiness check", registry=r)
+        self.retention_removed = Counter("pdm_cloud_retention_removed", "rows (SQLite) or day "
+                                         "partitions (PostgreSQL) removed by retention",
+                                         registry=r)
+        self.assets_owned = Gauge("pdm_cloud_assets_owned", "assets this replica scores",
+                                  registry=r)
+        self.replicas_live = Gauge("pdm_cloud_replicas_live", "replicas holding a live lease",
+                                   registry=r)
+        self.leader = Gauge("pdm_cloud_leader", "1 while this replica holds the leader lease",
+                            registry=r)
+        self.scores_refused = Counter("pdm_cloud_scores_refused", "window scores not stored "
+                                      "because another replica had taken the asset over",
+                                      registry=r)
+        self.windows_scored_twice = Counter(
+            "pdm_cloud_windows_scored_twice", "windows whose prediction another scorer had "
+            "stored already (ownership should make this 0)", registry=r)
+        self.window_gaps_skipped = Counter("pdm_cloud_window_gaps_skipped", "holes in an "
+                                           "asset's ticks given up on after scoring.gap_wait",
+                                           registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
 

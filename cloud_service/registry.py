@@ -11,14 +11,14 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from cloud_service.store import Store
+from cloud_service.store import ModelRow, ModelStore
 from contract.bundle import PublicKeyLike, pack_bundle, unpack_bundle, verify_bundle
 from contract.errors import ContractError
 from contract.manifest import SIGNATURE, Manifest
 
 
 class Registry:
-    def __init__(self, root: Path, store: Store, trusted_keys: Iterable[PublicKeyLike],
+    def __init__(self, root: Path, store: ModelStore, trusted_keys: Iterable[PublicKeyLike],
                  max_bytes: int) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -26,7 +26,7 @@ class Registry:
         self.trusted_keys = list(trusted_keys)
         self.max_bytes = max_bytes
 
-    def register_tar(self, data: bytes, source: str = "upload") -> tuple[dict, bool]:
+    def register_tar(self, data: bytes, source: str = "upload") -> tuple[ModelRow, bool]:
         """Unpack, verify against the trusted keys, keep, record. Raises ContractError with the
         reason for anything unsigned, tampered or malformed; ModelConflict for a version that
         is already registered with other content."""
@@ -49,7 +49,7 @@ class Registry:
             return self.store.register_model(record)
 
     def register_folder(self, folder: Path, manifest: Manifest,
-                        source: str = "config") -> tuple[dict, bool]:
+                        source: str = "config") -> tuple[ModelRow, bool]:
         """Record an already verified bundle folder (the one the service scores with) and keep
         its tar so gateways can download it too."""
         data = pack_bundle(folder)
@@ -74,15 +74,13 @@ class Registry:
 
     @staticmethod
     def _record(manifest: Manifest, folder: Path, tar_path: Path, sha: str, size: int,
-                source: str) -> dict:
+                source: str) -> ModelRow:
         try:
             signature = (folder / SIGNATURE).read_text().strip()
         except OSError as exc:
             raise ContractError(f"cannot read {SIGNATURE} of {folder}: {exc}") from None
-        return {
-            "version": manifest.version, "created": manifest.created,
-            "registered_at": time.time(), "source": source, "sha256": sha, "size": size,
-            "signature": signature, "path": str(folder), "tar_path": str(tar_path),
-            "window": manifest.window, "features": json.dumps(manifest.features),
-            "manifest": manifest.model_dump_json(),
-        }
+        return ModelRow(
+            version=manifest.version, created=manifest.created, registered_at=time.time(),
+            source=source, sha256=sha, size=size, signature=signature, path=str(folder),
+            tar_path=str(tar_path), window=manifest.window,
+            features=json.dumps(manifest.features), manifest=manifest.model_dump_json())

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_service.store import Store
+from cloud_service.store import ModelRow, RolloutRow, RolloutStore, RolloutTargetRow, TargetRequest
 from contract import codec, topics
 from contract.ota import sign_announcement
 from contract.versions import is_version
@@ -52,12 +52,12 @@ def canary(gateways: Sequence[str], percent: float, rollout_id: str) -> list[str
     return sorted(ranked[:n])
 
 
-def summary(targets: Sequence[dict]) -> dict[str, int]:
+def summary(targets: Sequence[RolloutTargetRow]) -> dict[str, int]:
     return dict(Counter(t["step"] for t in targets))
 
 
 class Rollouts:
-    def __init__(self, store: Store, publish: Publish,
+    def __init__(self, store: RolloutStore, publish: Publish,
                  signing_key: Ed25519PrivateKey | None = None,
                  ttl: float = 7 * 24 * 3600) -> None:
         self.store = store
@@ -109,13 +109,13 @@ class Rollouts:
             if percent is not None:
                 chosen = canary(chosen, percent, rollout_id)
         now = time.time()
-        targets = [{"gateway": g, "from_version": known[g]["model_version"], "step": "announced"}
-                   for g in chosen]
-        self.store.create_rollout({
-            "id": rollout_id, "version": version, "action": action, "state": "active",
-            "created_at": now, "updated_at": now, "percent": percent,
-            "requested": json.dumps({"gateways": gateways, "percent": percent,
-                                     "action": action})}, targets)
+        targets = [TargetRequest(gateway=g, from_version=known[g]["model_version"],
+                                 step="announced") for g in chosen]
+        self.store.create_rollout(RolloutRow(
+            id=rollout_id, version=version, action=action, state="active", created_at=now,
+            updated_at=now, percent=percent,
+            requested=json.dumps({"gateways": gateways, "percent": percent, "action": action})),
+            targets)
         steps = {}
         for g in chosen:
             steps[g] = self._announce(g, model, action, rollout_id, base_url)
@@ -189,13 +189,13 @@ class Rollouts:
                                f"is {state} can {verb}")
         return view
 
-    def _model(self, version: str) -> dict:
+    def _model(self, version: str) -> ModelRow:
         model = self.store.model(version)
         if model is None:
             raise RolloutError(f"model {version!r} is no longer registered")
         return model
 
-    def _announce(self, gateway: str, model: dict, action: str, rollout_id: str,
+    def _announce(self, gateway: str, model: ModelRow, action: str, rollout_id: str,
                   base_url: str) -> tuple[str, str | None]:
         assert self.signing_key is not None  # _check_signing ran first
         issued = self._issue_time()

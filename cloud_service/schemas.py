@@ -66,6 +66,7 @@ class Prediction(BaseModel):
     edge_model_version: str | None = None
     scored_at: float | None = None
     error: str | None = Field(None, description="why the window could not be scored")
+    scored_by: str | None = Field(None, description="the replica that scored the window")
 
 
 class PredictionPage(BaseModel):
@@ -161,13 +162,32 @@ class Problem(BaseModel):
     detail: str
 
 
+class ValidationIssue(BaseModel):
+    """One field at fault, as FastAPI reports a request that does not match its schema."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    detail: str | list[ValidationIssue] = Field(
+        description="a sentence when the service refused the content, a list of the fields at "
+                    "fault when the request did not match its schema")
+
+
 class Ready(BaseModel):
     ready: bool
     reasons: list[str]
 
 
 class RolloutRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The validator below, said in the schema too, so clients and generated tests know it.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "not": {"required": ["gateways", "percent"],
+                "properties": {"gateways": {"type": "array"}, "percent": {"type": "number"}}},
+        "description": "gateways and percent are alternatives: give one, or neither for every "
+                       "known gateway"})
 
     version: str = Field(pattern=r"^[A-Za-z0-9._+-]{1,64}$",
                          description="a registered model version (GET /api/v1/models)")

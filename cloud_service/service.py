@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from cloud_service.config import CloudConfig
@@ -14,7 +15,7 @@ from cloud_service.model import ModelError, load_verified
 from cloud_service.registry import Registry
 from cloud_service.rollouts import Rollouts
 from cloud_service.scoring import Scorer
-from cloud_service.store import Inserted, SqliteStore
+from cloud_service.store import Inserted, open_store
 from contract.bundle import load_private_key
 from contract.errors import ContractError
 from contract.manifest import Manifest
@@ -32,7 +33,8 @@ class Service:
     def __init__(self, cfg: CloudConfig) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.store = SqliteStore(cfg.store.path, cfg.store.synchronous)
+        self.store = open_store(cfg.store)
+        self.metrics.store_up.set(1)
         self.registry = Registry(cfg.registry.path, self.store, cfg.bundle.trusted_keys,
                                  cfg.registry.max_upload_bytes)
         self.manifest: Manifest | None = None
@@ -44,6 +46,8 @@ class Service:
                                  load_private_key(key) if key else None,
                                  cfg.rollouts.announcement_ttl)
         self._started = threading.Event()
+        self._stopping = threading.Event()
+        self._retention: threading.Thread | None = None
 
     def start(self) -> None:
         """Load the model (a bad bundle keeps the service up but not ready: ticks are still
@@ -60,15 +64,36 @@ class Service:
             sc = self.cfg.scoring
             self.scorer = Scorer(self.store, model, manifest, self.metrics,
                                  publish=self.consumer.publish, batch_max=sc.batch_max,
-                                 max_delay=sc.max_delay)
+                                 max_delay=sc.max_delay, replica=self.cfg.client_id,
+                                 lease_seconds=sc.lease_seconds, gap_wait=sc.gap_wait,
+                                 scan_interval=sc.scan_interval)
             self.scorer.start()
         self.consumer.start()
+        if self.cfg.store.retention_days is not None:
+            self._retention = threading.Thread(target=self._run_retention, name="retention",
+                                               daemon=True)
+            self._retention.start()
         self._started.set()
 
     def stop(self) -> None:
-        self.consumer.stop()
+        """Stop scoring (handing the assets back), then ingest: with other replicas live, the
+        uplink is handed over to them and the broker session dropped (a scale-down strands
+        nothing); as the last replica, the session is kept so the broker queues for our
+        return."""
+        self._stopping.set()
+        if self._retention:
+            self._retention.join(30)
         if self.scorer:
             self.scorer.stop()
+        try:
+            others = self.store.live_replicas(exclude=self.cfg.client_id)
+        except Exception as exc:
+            others = 0
+            log.warning("cannot tell whether other replicas are live (%s); keeping the broker "
+                        "session", exc)
+        if others:
+            self.consumer.hand_over()
+        self.consumer.stop()
         self.store.close()
 
     def publish_retained(self, topic: str, payload: bytes, timeout: float = 10) -> None:
@@ -84,6 +109,31 @@ class Service:
         if self.scorer is not None:
             self.scorer.notify(inserted)
 
+    def apply_retention(self, now: float | None = None) -> int:
+        """Remove ticks and predictions older than `store.retention_days` (by tick time)."""
+        days = self.cfg.store.retention_days
+        if days is None:
+            return 0
+        cutoff = (time.time() if now is None else now) - days * 86_400
+        removed = self.store.drop_before(cutoff)
+        self.metrics.retention_removed.inc(removed)
+        if removed:
+            log.info("retention removed %d %s older than %.1f days", removed,
+                     "rows" if self.store.where.startswith("SQLite") else "partitions", days)
+        return removed
+
+    def _run_retention(self) -> None:
+        """Retention is a fleet-wide job: only the replica holding the leader lease runs it (a
+        replica without a model holds no lease and leaves it to the others)."""
+        while not self._stopping.is_set():
+            try:
+                if self.scorer is not None and self.scorer.leader:
+                    self.apply_retention()
+            except Exception:
+                self.metrics.store_errors.labels("retention").inc()
+                log.exception("retention pass failed; trying again later")
+            self._stopping.wait(self.cfg.store.retention_interval)
+
     def readiness(self) -> Readiness:
         reasons = []
         if not self.consumer.connected.is_set():
@@ -94,8 +144,11 @@ class Service:
             reasons.append(self.consumer.store_error)
         try:
             self.store.check_writable()
+            self.metrics.store_up.set(1)
         except Exception as exc:
-            reasons.append(f"store {self.cfg.store.path} is not writable: {exc}")
+            self.metrics.store_up.set(0)
+            self.metrics.store_errors.labels("readiness").inc()
+            reasons.append(f"store not writable ({self.store.where}): {exc}")
         if self.model_error:
             reasons.append(f"model not loaded: {self.model_error}")
         elif self.scorer and self.scorer.last_error:

@@ -109,6 +109,10 @@ class PendingWindows:
             del self._by_asset[key]
         return added
 
+    def discard(self, key: AssetKey) -> None:
+        """Drop every window of one asset (another replica scores it now)."""
+        self._count -= len(self._by_asset.pop(key, ()))
+
     def contains(self, key: AssetKey, seq: int) -> bool:
         return seq in self._by_asset.get(key, ())
 

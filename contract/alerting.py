@@ -36,6 +36,15 @@ class Transition:
     new: AlertState
 
 
+@dataclass(frozen=True)
+class MachineState:
+    """An alert machine's state including its dwell progress, as stored between replicas."""
+
+    state: AlertState
+    pending: AlertState | None = None
+    count: int = 0
+
+
 class AlertMachine:
     """One asset's alert state. Feed it every score; it returns a Transition when it changes."""
 
@@ -59,3 +68,14 @@ class AlertMachine:
         old, self.state = self.state, wanted
         self._pending, self._count = None, 0
         return Transition(old, wanted)
+
+    def snapshot(self) -> MachineState:
+        """Everything needed to continue elsewhere exactly as this machine would."""
+        return MachineState(self.state, self._pending, self._count)
+
+    @classmethod
+    def restore(cls, thresholds: Thresholds, saved: MachineState) -> AlertMachine:
+        machine = cls(thresholds, saved.state)
+        if saved.pending is not None and saved.pending is not saved.state and saved.count > 0:
+            machine._pending, machine._count = saved.pending, saved.count
+        return machine

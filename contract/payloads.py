@@ -8,11 +8,21 @@ uplink batch carries float32 matrices and goes over the wire in the binary codec
 from __future__ import annotations
 
 import math
+import numbers
 from enum import Enum
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from contract.errors import ContractError
 from contract.topics import check_id
@@ -20,6 +30,24 @@ from contract.versions import OrderedVersion
 
 Id = Annotated[str, AfterValidator(lambda v: check_id(v))]
 MAX_TICKS_PER_BATCH = 10_000
+# Seqs stay below 2^53 so every consumer (float64, JSON, JavaScript, the API's filters) holds
+# them exactly, the last seq of a batch included.
+MAX_SEQ = 2**53
+MAX_FEATURES = 256
+MAX_FEATURE_NAME = 64
+# Tick times are epoch seconds (or, from a CSV replay, cycle counts): a negative time or one
+# past 2100 is a clock or unit fault (milliseconds sent as seconds), not data.
+TIME_MIN, TIME_MAX = 0.0, 4_102_444_800.0
+
+
+def _integer(v: object) -> int:
+    # Lax pydantic reads True as 1 and 3.0 as 3; a seq must be a real integer.
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"must be an integer, not {type(v).__name__}")
+    return int(v)
+
+
+Seq = Annotated[int, BeforeValidator(_integer), Field(ge=0, lt=MAX_SEQ)]
 
 
 class AlertState(str, Enum):
@@ -68,7 +96,7 @@ class AlertEvent(_Json):
     rul: Finite | None = None
     thresholds: dict[str, Finite]
     model_version: str = Field(max_length=64)
-    seq: int = Field(ge=0)
+    seq: Seq
     tick_time: Finite
     published_at: Finite
     latency_ms: Finite | None = None
@@ -84,7 +112,7 @@ class AssetState(_Json):
     probability: Finite
     rul: Finite | None = None
     model_version: str = Field(max_length=64)
-    seq: int = Field(ge=0)
+    seq: Seq
     tick_time: Finite
     since: Finite
 
@@ -94,7 +122,7 @@ class GatewayStatus(_Json):
 
     schema_version: Literal[1] = 1
     gateway: Id
-    online: bool
+    online: StrictBool
     time: Finite
     model_version: str | None = Field(default=None, max_length=64)
     agent_version: str | None = Field(default=None, max_length=64)
@@ -153,14 +181,14 @@ class UplinkBatch(BaseModel):
     schema_version: Literal[1] = 1
     gateway: Id
     asset: Id
-    first_seq: int = Field(ge=0, lt=2**53)
+    first_seq: Seq
     timestamps: np.ndarray
     features: tuple[str, ...]
     values: np.ndarray
     probability: np.ndarray
     rul: np.ndarray
     model_version: str = Field(max_length=64)
-    escalated: bool = False
+    escalated: StrictBool = False
     shadow_version: str | None = Field(default=None, min_length=1, max_length=64)
     shadow_probability: np.ndarray | None = None
     shadow_rul: np.ndarray | None = None
@@ -195,6 +223,12 @@ class UplinkBatch(BaseModel):
     def _features(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
             raise ValueError("features is empty")
+        if len(v) > MAX_FEATURES:
+            raise ValueError(f"features has {len(v)} names, at most {MAX_FEATURES} allowed")
+        for name in v:
+            if not 1 <= len(name) <= MAX_FEATURE_NAME:
+                raise ValueError(f"feature name {name[:MAX_FEATURE_NAME]!r} is {len(name)} "
+                                 f"characters long, 1..{MAX_FEATURE_NAME} allowed")
         if len(set(v)) != len(v):
             raise ValueError("features has duplicate names")
         return v
@@ -218,6 +252,7 @@ class UplinkBatch(BaseModel):
         for name in names:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries, expected {n}")
+        _check_semantics(self, names)
         return self
 
     @property
@@ -236,6 +271,33 @@ class UplinkBatch(BaseModel):
             for f in arrays + shadow)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _check_semantics(batch: UplinkBatch, scores: tuple[str, ...]) -> None:
+    """What the numbers mean, once the shapes hold: the decoder cannot tell a spoofed or broken
+    batch from a real one by its form alone."""
+    last = batch.first_seq + len(batch.timestamps) - 1
+    if last >= MAX_SEQ:
+        raise ValueError(f"the batch's last seq {last} reaches 2^53 (first_seq {batch.first_seq}"
+                         f" + {len(batch.timestamps)} ticks)")
+    t = batch.timestamps
+    outside = (t < TIME_MIN) | (t > TIME_MAX)
+    if outside.any():
+        raise ValueError(f"timestamps has values outside the plausible range [{TIME_MIN:.0f}, "
+                         f"{TIME_MAX:.0f}] epoch seconds, e.g. {float(t[outside][0])!r}")
+    back = np.flatnonzero(np.diff(t) < 0)
+    if back.size:
+        i = int(back[0]) + 1
+        raise ValueError(f"timestamps go backwards at tick {i} ({float(t[i])!r} after "
+                         f"{float(t[i - 1])!r})")
+    for name in scores:
+        v = getattr(batch, name)
+        known = v[~np.isnan(v)]  # NaN: no score (the window was not full yet)
+        if name.endswith("probability"):
+            if ((known < 0) | (known > 1)).any():
+                raise ValueError(f"{name} has values outside [0, 1]")
+        elif (known < 0).any():
+            raise ValueError(f"{name} (remaining useful life) has negative values")
 
 
 def _vector(v: object, dtype, name: str, allow_nan: bool = False) -> np.ndarray:

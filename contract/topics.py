@@ -14,6 +14,19 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 GATEWAY_KINDS = ("status", "uplink", "model", "escalate", "update")
 ASSET_KINDS = ("raw", "alert", "state", "cloud-alert")
 
+# Who sends and who reads each kind. The broker ACL (deploy/docker/mosquitto/acl) and the AWS
+# IoT policy (deploy/aws/iot-policy.json) grant these and nothing more, each party only under
+# its own gateway id for a gateway; tests hold the ACL, the policy and the agent's code to this
+# table.
+GATEWAY_PUBLISHES = ("status", "uplink", "escalate", "update", "alert", "state")
+GATEWAY_RETAINS = ("status", "state")  # the last will and the asset states are retained
+GATEWAY_SUBSCRIBES = ("model", "cloud-alert", "raw")
+CLOUD_SUBSCRIBES = ("uplink", "escalate", "status", "update")
+CLOUD_PUBLISHES = ("model", "cloud-alert")
+# Plant-side kinds: a sensor bridge, viewer or PLC holding the gateway's own identity may read
+# and write these on a shared broker (never another gateway's).
+PLANT_KINDS = ("raw", "alert", "state")
+
 
 def check_id(value: object, what: str = "id") -> str:
     """Return `value` if it is a valid gateway/asset id, else raise ContractError saying why."""

@@ -131,7 +131,10 @@ class Agent:
                                   self._on_cloud_alert)
 
     def _client_id(self, role: str) -> str:
-        return self.cfg.broker.client_id or f"{self.gateway}-{role}"
+        # Each connection's own setting: on AWS IoT the uplink's client id must be the thing
+        # name (the policy allows nothing else), whatever the plant broker calls us.
+        cfg = self.cfg.uplink_broker if role == "uplink" else self.cfg.broker
+        return cfg.client_id or f"{self.gateway}-{role}"
 
     def _status(self, online: bool) -> bytes:
         return codec.encode_json(GatewayStatus(

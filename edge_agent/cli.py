@@ -109,12 +109,19 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="agent YAML file
 def alerts(host: str = typer.Option("127.0.0.1", "--host", "-H"),
            port: int = typer.Option(1883, "--port", "-p"),
            gateway: str = typer.Option("+", "--gateway", "-g", help="one gateway, or + for all"),
-           seconds: float = typer.Option(None, help="stop after this many seconds")) -> None:
+           seconds: float = typer.Option(None, help="stop after this many seconds"),
+           cafile: Path = typer.Option(None, help="CA of a TLS broker"),
+           cert: Path = typer.Option(None, help="client certificate (mutual TLS)"),
+           key: Path = typer.Option(None, help="the client certificate's key")) -> None:
     """A live table of asset states (retained) and the latest alert events."""
     from edge_agent.viewer import ViewerError, watch
 
+    tls = None
+    if cafile or cert:
+        tls = (str(cafile) if cafile else None, str(cert) if cert else None,
+               str(key) if key else None)
     try:
-        watch(host, port, gateway, seconds)
+        watch(host, port, gateway, seconds, tls)
     except ViewerError as exc:
         raise _fail(str(exc)) from None
 

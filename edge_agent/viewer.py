@@ -53,9 +53,14 @@ class AlertBoard:
         return t
 
 
-def watch(host: str, port: int, gateway: str = "+", seconds: float | None = None) -> AlertBoard:
+def watch(host: str, port: int, gateway: str = "+", seconds: float | None = None,
+          tls: tuple[str | None, str | None, str | None] | None = None) -> AlertBoard:
+    """`tls`: (CA file, client certificate, key) for a broker that requires them; with the
+    shipped ACL a gateway's certificate shows that gateway's assets only."""
     board = AlertBoard()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if tls is not None:
+        client.tls_set(ca_certs=tls[0], certfile=tls[1], keyfile=tls[2])
 
     def on_connect(c, userdata, flags, rc, props):
         for kind in ("state", "alert", "cloud-alert"):

@@ -1,7 +1,17 @@
 """The whole system on one machine: a private Mosquitto, the cloud service and an edge agent
 replaying the NASA C-MAPSS FD001 test engines with the committed default bundle.
 
+The broker runs the shipped config (deploy/docker/mosquitto: mutual TLS, the per-gateway
+ACL) with a throwaway PKI made in the work folder: the cloud and the agent connect with their
+own certificates, as in production.
+
     python scripts/demo.py [--duration SECONDS] [--rate TICKS_PER_S] [--units 31,34,68]
+                           [--store URL] [--replicas N]
+
+The cloud keeps its store in a SQLite file in the demo's folder unless `--store` names another
+(`postgresql://user@host:port/db`, password in PDM_CLOUD_STORE__PASSWORD). `--replicas N`
+starts N cloud processes on the one broker: they split the uplink (shared subscription) and
+share the store, each with its own API; a SQLite store is shared only on this host.
 
 Prints where to look, runs until Ctrl-C (or --duration), then stops everything it started and
 reports what went through.
@@ -27,7 +37,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cloud_service import pki  # noqa: E402
 from tests.support.broker import Mosquitto, free_port  # noqa: E402
+from tests.support.stores import StoreUrlError, store_section  # noqa: E402
 
 GATEWAY = "gw-demo"
 
@@ -55,11 +67,21 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def scrape_sum(urls: list[str]) -> dict[str, float]:
+    """The replicas' series added up (counters of a fleet served by N processes); empty when
+    none answers."""
+    out: dict[str, float] = {}
+    for url in urls:
+        for key, value in scrape(url).items():
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
 def total(metrics: dict[str, float], name: str) -> int:
     return int(sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{")))
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -79,7 +101,13 @@ def main() -> int:
     ap.add_argument("--units", default="all", help="engines to replay: all, or e.g. 31,34,68")
     ap.add_argument("--data", type=Path, default=REPO / "data" / "cmapss" / "test_FD001.txt")
     ap.add_argument("--workdir", type=Path, default=REPO / "var" / "demo")
+    ap.add_argument("--store", metavar="URL",
+                    help="the cloud's store (default: sqlite:///WORKDIR/cloud.db)")
+    ap.add_argument("--replicas", type=int, default=1, metavar="N",
+                    help="cloud processes sharing the uplink and the store (default 1)")
     args = ap.parse_args()
+    if args.replicas < 1:
+        ap.error("--replicas must be at least 1")
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         raise SystemExit("the demo needs Mosquitto: sudo apt-get install -y mosquitto")
 
@@ -87,51 +115,83 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     py = sys.executable
-    procs: list[subprocess.Popen] = []
-    broker = Mosquitto(work / "broker", port=port_or_free(1883)).start()
+    store_url = args.store or f"sqlite:///{work.resolve() / 'cloud.db'}"
     try:
-        http_port, agent_metrics = port_or_free(8000), free_port()
+        store = store_section(store_url)
+    except StoreUrlError as exc:
+        raise SystemExit(f"--store: {exc}") from None
+    procs: list[subprocess.Popen] = []
+    # A throwaway PKI: CA, broker, cloud and this gateway's certificates, only for this run.
+    certs = pki.init_pki(work / "pki")
+    gateway_id = pki.issue_gateway(certs.folder, GATEWAY)
+    broker = Mosquitto(work / "broker", port=port_or_free(8883), shipped_pki=certs.folder).start()
+
+    def tls(identity: pki.Identity) -> dict:
+        return {"enabled": True, "ca_file": str(certs.ca.cert), "cert_file": str(identity.cert),
+                "key_file": str(identity.key)}
+
+    try:
+        http_ports = [port_or_free(8000)] + [free_port() for _ in range(args.replicas - 1)]
+        agent_metrics = free_port()
         token = secrets.token_urlsafe(24)
-        cloud_cfg = work / "cloud.yaml"
-        cloud_cfg.write_text(yaml.safe_dump({
-            "broker": {"host": broker.host, "port": broker.port},
-            "client_id": "pdm-cloud-demo", "api_token": token,
-            "store": {"path": str(work / "cloud.db")},
-            "registry": {"path": str(work / "bundles")},
-            "bundle": {"path": str(REPO / "models/default"),
-                       "trusted_keys": [str(REPO / "models/default_signing_key.pub")]},
-            "http": {"host": "127.0.0.1", "port": http_port}}))
+        cloud_cfgs, cloud_logs = [], []
+        for i, http_port in enumerate(http_ports):
+            # One client id per replica, stable across restarts; one registry folder, so a
+            # bundle uploaded through any replica can be downloaded through all.
+            suffix = "" if args.replicas == 1 else f"-{i + 1}"
+            cloud_cfgs.append(work / f"cloud{suffix}.yaml")
+            cloud_logs.append(work / f"cloud{suffix}.log")
+            cloud_cfgs[-1].write_text(yaml.safe_dump({
+                "broker": {"host": broker.host, "port": broker.port, "tls": tls(certs.cloud)},
+                "client_id": f"pdm-cloud-demo{suffix}", "api_token": token, "store": store,
+                "registry": {"path": str(work / "bundles")},
+                "bundle": {"path": str(REPO / "models/default"),
+                           "trusted_keys": [str(REPO / "models/default_signing_key.pub")]},
+                "http": {"host": "127.0.0.1", "port": http_port}}))
         units = "all" if args.units == "all" else [int(u) for u in args.units.split(",")]
         agent_cfg = work / "agent.yaml"
         agent_cfg.write_text(yaml.safe_dump({
-            "gateway_id": GATEWAY, "broker": {"host": broker.host, "port": broker.port},
+            "gateway_id": GATEWAY,
+            "broker": {"host": broker.host, "port": broker.port, "tls": tls(gateway_id)},
             "sources": [{"type": "cmapss", "file": str(args.data), "units": units,
                          "rate": args.rate}],
             "bundle": {"path": str(REPO / "models/default"),
                        "trusted_keys": [str(REPO / "models/default_signing_key.pub")]},
             "outbox": {"path": str(work / "outbox.db")}, "metrics_port": agent_metrics}))
 
-        cloud_log = work / "cloud.log"
-        print(f"starting the cloud service (log: {cloud_log}) ...", flush=True)
-        procs.append(subprocess.Popen([py, "-m", "cloud_service", "run", "--config",
-                                       str(cloud_cfg)], cwd=REPO, stdout=cloud_log.open("w"),
-                                      stderr=subprocess.STDOUT))
-        api = f"http://127.0.0.1:{http_port}"
-        wait_http(f"{api}/readyz", procs[0], cloud_log)
+        what = "the cloud service" if args.replicas == 1 else f"{args.replicas} cloud replicas"
+        print(f"starting {what} (store {store_url.split('://', 1)[0]}, log: "
+              f"{', '.join(map(str, cloud_logs))}) ...", flush=True)
+        for cfg, log in zip(cloud_cfgs, cloud_logs, strict=True):
+            procs.append(subprocess.Popen([py, "-m", "cloud_service", "run", "--config",
+                                           str(cfg)], cwd=REPO, stdout=log.open("w"),
+                                          stderr=subprocess.STDOUT))
+        apis = [f"http://127.0.0.1:{port}" for port in http_ports]
+        for api, proc, log in zip(apis, procs, cloud_logs, strict=True):
+            wait_http(f"{api}/readyz", proc, log)
+        api = apis[0]
         agent_log = work / "agent.log"
         procs.append(subprocess.Popen([py, "-m", "edge_agent", "run", "--config",
                                        str(agent_cfg)], cwd=REPO, stdout=agent_log.open("w"),
                                       stderr=subprocess.STDOUT))
+        # The gateway's own identity: the ACL shows it its own alerts, nobody else's.
+        sub_tls = (f"--cafile {certs.ca.cert} --cert {gateway_id.cert} "
+                   f"--key {gateway_id.key}")
+        cloud_metrics = [f"{a}/metrics" for a in apis]
+        replicas = ("" if args.replicas == 1 else f"\n  other replicas' APIs:   "
+                    f"{'  '.join(apis[1:])}  (each serves the whole fleet)")
         print(f"""
-The demo runs: broker 127.0.0.1:{broker.port}, cloud API {api}, edge agent '{GATEWAY}'
-replaying FD001 test engines at {args.rate:g} ticks/s each. Alerts begin within a minute.
+The demo runs: broker 127.0.0.1:{broker.port} (mutual TLS and the shipped ACL; certificates
+in {certs.folder}), cloud API {api}, edge agent '{GATEWAY}' replaying FD001 test engines at
+{args.rate:g} ticks/s each. Alerts begin within a minute.
 
-  alerts as they happen:  mosquitto_sub -h 127.0.0.1 -p {broker.port} -v \\
-                            -t 'pdm/v1/+/+/alert' -t 'pdm/v1/+/+/cloud-alert'
-  live table of states:   {py} -m edge_agent alerts --host 127.0.0.1 --port {broker.port}
+  alerts as they happen:  mosquitto_sub -h 127.0.0.1 -p {broker.port} -v {sub_tls} \\
+                            -t 'pdm/v1/{GATEWAY}/+/alert' -t 'pdm/v1/{GATEWAY}/+/cloud-alert'
+  live table of states:   {py} -m edge_agent alerts --host 127.0.0.1 --port {broker.port} \\
+                            {sub_tls}
   API docs:               {api}/docs   (write routes need: Authorization: Bearer {token})
-  fleet now:              curl -s {api}/api/v1/assets
-  logs:                   {agent_log}  {cloud_log}
+  fleet now:              curl -s {api}/api/v1/assets{replicas}
+  logs:                   {agent_log}  {'  '.join(map(str, cloud_logs))}
 
 Ctrl-C stops everything.""", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -143,9 +203,9 @@ Ctrl-C stops everything.""", flush=True)
                 for p in procs:
                     if p.poll() is not None:
                         raise SystemExit(f"a process exited early (code {p.returncode}); "
-                                         f"see {agent_log} and {cloud_log}")
+                                         f"see {agent_log} and {work}/cloud*.log")
                 edge = scrape(f"http://127.0.0.1:{agent_metrics}/metrics") or edge
-                cloud = scrape(f"{api}/metrics") or cloud
+                cloud = scrape_sum(cloud_metrics) or cloud
                 print(f"  ticks {total(edge, 'pdm_edge_ticks_total')}, edge alerts "
                       f"{total(edge, 'pdm_edge_alerts_total')}, cloud windows scored "
                       f"{total(cloud, 'pdm_cloud_windows_scored_total')}, cloud alerts "
@@ -153,7 +213,7 @@ Ctrl-C stops everything.""", flush=True)
         except KeyboardInterrupt:
             pass
         edge = scrape(f"http://127.0.0.1:{agent_metrics}/metrics") or edge
-        cloud = scrape(f"{api}/metrics") or cloud
+        cloud = scrape_sum(cloud_metrics) or cloud
     finally:
         for p in reversed(procs):
             if p.poll() is None:

@@ -1,14 +1,20 @@
-"""Fixtures every test module can use: real Mosquitto brokers (plain and mutual TLS)."""
+"""Fixtures every test module can use: real Mosquitto brokers (plain and mutual TLS) and a
+real PostgreSQL server (one per session, a fresh database per test)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.certs import make_tls_files
+from tests.support.postgres import PostgresServer, postgres_bindir
 from tests.support.procs import reap
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +51,33 @@ def tls_broker(tmp_path_factory):
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One private PostgreSQL for the session (skipped only when its binaries are absent)."""
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql): initdb and "
+                    "pg_ctl not found in /usr/lib/postgresql/*/bin or on PATH")
+    # Not under pytest's own temp folder: that is private to root, and as root the server
+    # runs as the postgres user.
+    work = Path(tempfile.mkdtemp(prefix="pdm-pg-"))
+    server = PostgresServer(work).start()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The store URL of a fresh database on the session's server, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = postgres_server.create_database(name)
+    yield url
+    with suppress(Exception):
+        postgres_server.drop_database(name)
 
 
 @pytest.fixture(scope="session")

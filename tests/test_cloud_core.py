@@ -41,7 +41,7 @@ def manifest(window: int = W, features=FEATURES, **thresholds) -> Manifest:
         "features": list(features), "window": window,
         "normalisation": {"method": "zscore", "offset": [1.0] * len(features),
                           "scale": [2.0] * len(features)},
-        "horizon": 30, "rul_cap": 100.0, "thresholds": {"dwell": 1, **thresholds},
+        "horizon": 30, "rul_cap": 100.0, "thresholds": {"dwell": 1} | thresholds,
         "edge": {"file": "e.tflite", "quantization": "int8"},
         "files": {"model.keras": "0" * 64, "model_float.tflite": "0" * 64, "e.tflite": "0" * 64},
     })
@@ -240,28 +240,28 @@ def test_redelivered_batch_changes_nothing(tmp_path):
     store.close()
 
 
-def test_every_complete_window_is_scored_once_even_when_a_gap_fills_late(tmp_path):
+def test_a_hole_that_never_fills_is_skipped_after_gap_wait(tmp_path):
     store = SqliteStore(tmp_path / "c.db")
     m = manifest()
-    scorer, model, _ = scorer_for(store, m, batch_max=8)
+    now = [100.0]
+    scorer = Scorer(store, FakeModel(m), m, Metrics(), lambda t, p: None, max_delay=0,
+                    clock=lambda: now[0], gap_wait=30)
     scorer.recover()
-    for b in (batch(0, 10), batch(15, 10), batch(0, 10, asset="a2")):
-        scorer.notify(store.write_ingest([Received(b, 1.0)], [], []))
+    scorer.notify(store.write_ingest([Received(batch(0, 10), 1.0),
+                                      Received(batch(15, 10), 1.0)], [], []))
     scorer.drain()
-    preds = {r["seq"] for r in store.predictions("gw1", "a1", -1, None, 1000)}
-    assert preds == set(range(4, 10)) | set(range(19, 25))
-    assert max(model.calls) <= 8
-    # The gap arrives (and a copy of a known batch): only the windows it completes are scored.
-    scorer.notify(store.write_ingest([Received(batch(10, 5), 2.0), Received(batch(0, 10), 2.0)],
-                                     [], []))
+    assert len(store.predictions("gw1", "a1", -1, None, 1000)) == 6
+    now[0] += 31
     scorer.drain()
-    rows = store.predictions("gw1", "a1", -1, None, 1000)
-    assert [r["seq"] for r in rows] == list(range(4, 25))
-    assert len(store.predictions("gw1", "a2", -1, None, 1000)) == 6
-    row = rows[-1]
-    assert row["edge_probability"] == pytest.approx(0.3)
-    assert row["diff"] == pytest.approx(abs(row["probability"] - 0.3))
-    assert sum(model.calls) == 21 + 6
+    seqs = [r["seq"] for r in store.predictions("gw1", "a1", -1, None, 1000)]
+    assert seqs == list(range(4, 10)) + list(range(19, 25))
+    assert scorer.metrics.window_gaps_skipped._value.get() == 1
+    # The lost ticks turn up after all: their windows are scored, behind the frontier.
+    scorer.notify(store.write_ingest([Received(batch(10, 5), 2.0)], [], []))
+    scorer.drain()
+    seqs = [r["seq"] for r in store.predictions("gw1", "a1", -1, None, 1000)]
+    assert seqs == list(range(4, 25))
+    assert store.asset("gw1", "a1")["cloud_seq"] == 24
     store.close()
 
 
@@ -273,7 +273,10 @@ def test_a_restarted_scorer_finds_unscored_windows_and_keeps_alert_state(tmp_pat
     first.notify(store.write_ingest([Received(batch(0, 12, level=3.0), 1.0)], [], []))
     first.drain()
     assert [json.loads(p)["new_state"] for _, p in published] == ["CRITICAL"]
-    # Ticks stored while no scorer ran (a crash between commit and scoring):
+    # Ticks stored while no scorer ran (a crash between commit and scoring); the crashed
+    # replica's lease has run out by the time it comes back:
+    with store._write() as conn:
+        conn.execute("UPDATE replicas SET expires_at = 0")
     store.write_ingest([Received(batch(12, 8, level=3.0), 2.0)], [], [])
     second, model, published2 = scorer_for(store, m)
     second.drain()

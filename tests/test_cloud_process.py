@@ -18,10 +18,10 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from cloud_service.testing import make_bundle
 from contract import codec, topics
 from contract.payloads import UplinkBatch
 from tests.support.broker import free_port
+from tests.support.cloud import make_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
@@ -42,7 +42,7 @@ def write_config(tmp_path: Path, broker, bundle, **extra) -> tuple[Path, int]:
         "broker": {"host": broker.host, "port": broker.port, "reconnect_min_delay": 0.2,
                    "reconnect_max_delay": 1},
         "client_id": f"cloud-proc-{uuid.uuid4().hex[:6]}",
-        "store": {"path": str(tmp_path / "cloud.db")},
+        "store": {"url": f"sqlite:///{tmp_path / 'cloud.db'}"},
         "bundle": {"path": str(bundle[0]), "trusted_keys": [str(bundle[1])]},
         "registry": {"path": str(tmp_path / "bundles")},
         "api_token": TOKEN,

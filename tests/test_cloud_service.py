@@ -17,14 +17,14 @@ from cloud_service.api import create_app
 from cloud_service.config import CloudConfig
 from cloud_service.ingest import Consumer
 from cloud_service.metrics import Metrics
-from cloud_service.store import SqliteStore
-from cloud_service.testing import ServerThread, make_bundle
+from cloud_service.store import open_store
 from contract import codec, topics
 from contract.bundle import pack_bundle
 from contract.payloads import AlertEvent, GatewayStatus, UplinkBatch
 from tests.conftest import DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY
 from tests.support.broker import free_port
 from tests.support.bundles import flip_byte, variant
+from tests.support.cloud import ServerThread, make_bundle
 from tests.support.mqtt import Recorder
 from tests.test_cloud_core import malformed_payloads
 
@@ -47,7 +47,7 @@ def cloud_config(tmp_path: Path, mosquitto, bundle_path: Path, pub: Path,
         "broker": {"host": mosquitto.host, "port": mosquitto.port, "reconnect_min_delay": 0.2,
                    "reconnect_max_delay": 1},
         "client_id": f"cloud-{uuid.uuid4().hex[:8]}",
-        "store": {"path": str(tmp_path / "cloud.db"), "synchronous": "NORMAL"},
+        "store": {"url": f"sqlite:///{tmp_path / 'cloud.db'}", "synchronous": "NORMAL"},
         "bundle": {"path": str(bundle_path), "trusted_keys": [str(pub)]},
         "registry": {"path": str(tmp_path / "bundles")},
         "api_token": TOKEN,
@@ -55,7 +55,7 @@ def cloud_config(tmp_path: Path, mosquitto, bundle_path: Path, pub: Path,
         "http": {"host": "127.0.0.1", "port": free_port()},
     }
     for key, value in over.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return CloudConfig(**data)
 
 
@@ -308,7 +308,7 @@ def test_two_consumers_on_the_shared_subscription_store_each_tick_once(tmp_path,
     consumers = []
     for i in range(2):
         cfg = cloud_config(tmp_path / f"c{i}", broker, bundle[0], bundle[1])
-        store = SqliteStore(cfg.store.path, "NORMAL")
+        store = open_store(cfg.store)
         c = Consumer(cfg, store, Metrics())
         c.start()
         assert c.connected.wait(10)

@@ -81,11 +81,11 @@ alert_events = st.builds(
     AlertEvent, source=st.sampled_from(["edge", "cloud"]), gateway=ids, asset=ids,
     old_state=states, new_state=states, probability=finite, rul=st.none() | finite,
     thresholds=st.dictionaries(st.sampled_from(["warning_enter", "critical_enter"]), finite),
-    model_version=versions, seq=st.integers(0, 2**53), tick_time=finite, published_at=finite,
+    model_version=versions, seq=st.integers(0, 2**53 - 1), tick_time=finite, published_at=finite,
     latency_ms=st.none() | finite)
 asset_states = st.builds(AssetState, gateway=ids, asset=ids, state=states, probability=finite,
                          rul=st.none() | finite, model_version=versions,
-                         seq=st.integers(0, 2**53), tick_time=finite, since=finite)
+                         seq=st.integers(0, 2**53 - 1), tick_time=finite, since=finite)
 statuses = st.builds(GatewayStatus, gateway=ids, online=st.booleans(), time=finite,
                      model_version=st.none() | versions)
 ordered_versions = st.from_regex(

@@ -3,12 +3,17 @@
 # Docker engine or a reachable registry (PyPI and the Debian mirror must be reachable):
 #   1. podman, runc, containers.conf and the base images (podman-base.sh, cached);
 #   2. builds the cloud and edge images (deploy/docker/Dockerfile, Dockerfile.edge);
-#   3. image test: a Mosquitto container and the cloud container on the host network (on free
-#      ports), /healthz, /readyz and the image's HEALTHCHECK, then a real uplink batch (C-MAPSS
-#      rows, the default bundle's features) published through the broker and read back from the
-#      API with the cloud model's predictions;
-#   4. compose test: compose.yaml up with podman-compose (broker, cloud, one edge agent replaying
-#      C-MAPSS FD001), edge alerts seen on MQTT, the edge's ticks seen in the cloud API; down -v.
+#   3. image test: a Mosquitto container running the shipped config and ACL (mutual TLS, with a
+#      PKI made by `python -m cloud_service pki`) and the cloud container on the host network
+#      (on free ports), /healthz, /readyz and the image's HEALTHCHECK, then a real uplink batch
+#      (C-MAPSS rows, the default bundle's features) published through the broker with a
+#      gateway's certificate and read back from the API with the cloud model's predictions;
+#   4. compose test: compose.yaml (+ compose.test.yaml, which swaps in a PostgreSQL image built
+#      here from the same Debian base) up with podman-compose and `--scale cloud=2` (broker with
+#      mutual TLS and the ACL, PostgreSQL, two cloud replicas, one edge agent replaying C-MAPSS
+#      FD001, each client with its own certificate): two distinct client ids at the broker,
+#      both replicas ingest a share of the uplink, edge alerts seen on MQTT by the gateway's
+#      identity, and each replica's API serves the whole fleet; down -v.
 # Everything it starts is removed on exit, whatever happens. Prints the time of each step and
 # the image sizes. Run as root:  deploy/docker/test-image.sh
 # Environment: PDM_PODMAN_CACHE (default /var/cache/pdm-podman), PDM_PYTHON (a Python with the
@@ -65,7 +70,7 @@ cleanup() {
     fi
   fi
   [ "${#containers[@]}" -gt 0 ] && podman rm -f -v -t 3 "${containers[@]}" >/dev/null 2>&1
-  [ -n "$compose_up" ] && compose down -v -t 5 >/dev/null 2>&1
+  [ -n "$compose_up" ] && compose_down 5 >/dev/null 2>&1
   rm -rf "$work"
   report "$rc"
   exit "$rc"
@@ -74,6 +79,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() { "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+make_pki() {  # make_pki DIR GATEWAY: CA, broker (also named mosquitto), cloud, one gateway
+  PYTHONPATH="$repo" "$py" -m cloud_service pki init "$1" --host mosquitto >/dev/null
+  PYTHONPATH="$repo" "$py" -m cloud_service pki gateway "$2" "$1" >/dev/null
+  # The cloud and edge images run as uid 10001; the broker's start.sh copies its own key.
+  chown 10001 "$1/cloud.key" "$1/gateways/$2.key"
+}
 
 wait_http() {  # wait_http url what: until it answers 200, at most $wait_s seconds
   local url=$1 what=$2 t0=$EPOCHREALTIME
@@ -134,25 +146,32 @@ image_start() {
   mqtt_port=$(free_port); api_port=$(free_port)
   token="$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')"
   mkdir -p "$work/broker"
-  cat > "$work/broker/mosquitto.conf" <<CONF
-listener $mqtt_port 127.0.0.1
-allow_anonymous true
-persistence false
-max_queued_messages 1000000
-log_dest stdout
-CONF
+  make_pki "$work/pki" gw-imagetest
+  # The shipped config as it is, on a free loopback port (host network).
+  sed "s/^listener .*/listener $mqtt_port 127.0.0.1/" "$here/mosquitto/mosquitto.conf" \
+    > "$work/broker/mosquitto.conf"
+  local f
   containers+=("$run_id-broker")
+  # shellcheck disable=SC2046  # word-split on purpose: a list of -v options
   podman run -d --name "$run_id-broker" --network host \
+    --entrypoint /bin/sh \
     -v "$work/broker/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" \
-    eclipse-mosquitto:2 >/dev/null
+    -v "$here/mosquitto/acl:/mosquitto/config/acl:ro" \
+    -v "$here/mosquitto/start.sh:/mosquitto/config/start.sh:ro" \
+    $(for f in ca.crt crl.pem broker.crt broker.key; do
+        printf -- '-v %s:/run/pki/%s:ro ' "$work/pki/$f" "$f"; done) \
+    eclipse-mosquitto:2 /mosquitto/config/start.sh >/dev/null
   containers+=("$run_id-cloud")
   # Without systemd podman cannot run the HEALTHCHECK on a timer (it logs an error and goes
   # on); image_ready runs it with `podman healthcheck run`.
+  # shellcheck disable=SC2046  # word-split on purpose: a list of -v options
   podman run -d --name "$run_id-cloud" --network host \
     -e PDM_CLOUD_API_TOKEN="$token" \
     -e PDM_CLOUD_BROKER__HOST=127.0.0.1 -e PDM_CLOUD_BROKER__PORT="$mqtt_port" \
     -e PDM_CLOUD_HTTP__HOST=127.0.0.1 -e PDM_CLOUD_HTTP__PORT="$api_port" \
     -e PDM_CLOUD_CLIENT_ID="$run_id-cloud" \
+    $(for f in ca.crt cloud.crt cloud.key; do
+        printf -- '-v %s:/etc/pdm/mqtt/%s:ro ' "$work/pki/$f" "$f"; done) \
     pdm-cloud:latest 2> >(grep -v 'systemd connection' >&2) >/dev/null
   echo "broker on 127.0.0.1:$mqtt_port, cloud API on 127.0.0.1:$api_port"
 }
@@ -169,8 +188,9 @@ image_ready() {
 }
 
 image_uplink() {
-  PYTHONPATH="$repo" "$py" - "$repo" "$mqtt_port" "$api_port" "$token" <<'PY'
-"""Publish one uplink batch of real C-MAPSS rows through the broker, read it back."""
+  PYTHONPATH="$repo" "$py" - "$repo" "$mqtt_port" "$api_port" "$token" "$work/pki" <<'PY'
+"""Publish one uplink batch of real C-MAPSS rows through the broker (as gateway gw-imagetest,
+with its certificate), read it back."""
 import json, sys, time, uuid
 from pathlib import Path
 
@@ -183,6 +203,7 @@ from contract.cmapss import COLUMNS, read_cmapss
 from contract.payloads import UplinkBatch
 
 repo, mqtt_port, api_port, token = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+pki = Path(sys.argv[5])
 manifest = json.loads((repo / "models/default/manifest.json").read_text())
 features, window = tuple(manifest["features"]), manifest["window"]
 rows = read_cmapss(repo / "data/cmapss/test_FD001.txt")
@@ -192,14 +213,17 @@ n = min(len(unit), 2 * window)
 values = unit[:n, [COLUMNS.index(f) for f in features]].astype(np.float32)
 prob = np.full(n, 0.1, np.float32)
 prob[: window - 1] = np.nan
-gw, asset = f"gw-{uuid.uuid4().hex[:8]}", "engine-1"
+gw, asset = "gw-imagetest", "engine-1"
 batch = UplinkBatch(gateway=gw, asset=asset, first_seq=0,
                     timestamps=time.time() - n + np.arange(n, dtype=np.float64),
                     features=features, values=values, probability=prob,
                     rul=np.where(np.isnan(prob), np.nan, 100.0), model_version="container-test")
 
-client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{gw}",
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
                      protocol=mqtt.MQTTv5)
+# As root here, the gateway's key (chowned to the image's uid) is still readable.
+client.tls_set(ca_certs=str(pki / "ca.crt"), certfile=str(pki / "gateways" / f"{gw}.crt"),
+               keyfile=str(pki / "gateways" / f"{gw}.key"))
 client.connect("127.0.0.1", mqtt_port)
 client.loop_start()
 info = client.publish(topics.uplink(gw), codec.encode_uplink(batch), qos=1)
@@ -253,34 +277,79 @@ compose_tool() {
   echo "$("$compose_bin" --version 2>/dev/null | tr '\n' ' ')"
 }
 compose() {
-  "$compose_bin" -f "$here/compose.yaml" -p "$run_id" "$@"
+  "$compose_bin" -f "$here/compose.yaml" -f "$here/compose.test.yaml" -p "$run_id" "$@"
 }
+cloud_replicas=2
 
 compose_start() {
-  export PDM_CLOUD_API_TOKEN PDM_MQTT_PORT PDM_API_PORT PDM_EDGE_METRICS_PORT
+  export PDM_CLOUD_API_TOKEN PDM_DB_PASSWORD PDM_MQTT_PORT PDM_EDGE_METRICS_PORT PDM_PKI_DIR
+  PDM_PKI_DIR="$work/compose-pki"
+  make_pki "$PDM_PKI_DIR" gw-demo
   PDM_CLOUD_API_TOKEN="$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')"
-  PDM_MQTT_PORT=$(free_port); PDM_API_PORT=$(free_port); PDM_EDGE_METRICS_PORT=$(free_port)
+  PDM_DB_PASSWORD="$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')"
+  PDM_MQTT_PORT=$(free_port); PDM_EDGE_METRICS_PORT=$(free_port)
   compose_up=1
-  # The images are the ones just built (pdm-cloud:latest, pdm-edge:latest): no build here.
-  compose up -d >"$work/compose-up.log" 2>&1 || { cat "$work/compose-up.log" >&2; return 1; }
+  # The images are the ones just built (pdm-cloud, pdm-edge, pdm-postgres-test): no build here.
+  # podman < 4.6 cannot wait for `service_healthy`: PostgreSQL first, until it accepts logins,
+  # so the replicas' first connection finds it (they also retry on their own).
+  compose up -d postgres >"$work/compose-up.log" 2>&1 \
+    || { cat "$work/compose-up.log" >&2; return 1; }
+  local pg t0=$EPOCHREALTIME
+  pg=$(podman ps -q --filter "label=io.podman.compose.project=$run_id" \
+       --filter "label=io.podman.compose.service=postgres")
+  until podman exec "$pg" pg_isready -q -U pdm -d pdm -h 127.0.0.1; do
+    [ "$(elapsed "$t0" | cut -d. -f1)" -lt "$wait_s" ] \
+      || { echo "PostgreSQL not ready after $wait_s s" >&2; return 1; }
+    sleep 1
+  done
+  echo "PostgreSQL accepts connections after $(elapsed "$t0") s"
+  compose up -d --scale cloud=$cloud_replicas >>"$work/compose-up.log" 2>&1 \
+    || { cat "$work/compose-up.log" >&2; return 1; }
   podman ps --filter "label=io.podman.compose.project=$run_id" \
     --format '  {{.Names}}  {{.Image}}  {{.Status}}  {{.Ports}}'
-  echo "broker on :$PDM_MQTT_PORT, cloud API on :$PDM_API_PORT," \
+  mapfile -t cloud_containers < <(podman ps -q \
+    --filter "label=io.podman.compose.project=$run_id" \
+    --filter "label=io.podman.compose.service=cloud")
+  local c
+  api_ports=()
+  for c in "${cloud_containers[@]}"; do
+    api_ports+=("$(podman port "$c" 8000/tcp | head -n 1 | sed 's/.*://')")
+  done
+  [ "${#api_ports[@]}" = "$cloud_replicas" ] \
+    || { echo "expected $cloud_replicas cloud replicas, found ${#api_ports[@]}" >&2; return 1; }
+  echo "broker on :$PDM_MQTT_PORT, cloud APIs on :${api_ports[*]}," \
     "edge metrics on :$PDM_EDGE_METRICS_PORT"
-  wait_http "http://127.0.0.1:$PDM_API_PORT/readyz" "cloud /readyz"
+  local port
+  for port in "${api_ports[@]}"; do
+    wait_http "http://127.0.0.1:$port/readyz" "cloud replica :$port /readyz"
+  done
   wait_http "http://127.0.0.1:$PDM_EDGE_METRICS_PORT/metrics" "edge /metrics"
 }
 
 compose_check() {
-  PYTHONPATH="$repo" "$py" - "$PDM_MQTT_PORT" "$PDM_API_PORT" "$PDM_CLOUD_API_TOKEN" \
-    "$wait_s" <<'PY'
-"""Edge alerts on the broker (alert events or retained states), edge ticks in the cloud."""
+  # The client id each replica connected with, from its log (`connected to ... as ID`).
+  local c ids=()
+  for c in "${cloud_containers[@]}"; do
+    ids+=("$(podman logs "$c" 2>&1 | grep -o 'connected to [^ ]* as [^ ]*' | head -n 1 \
+             | sed 's/.* as //' || true)")
+  done
+  echo "cloud client ids: ${ids[*]}"
+  [ "$(printf '%s\n' "${ids[@]}" | grep . | sort -u | wc -l)" = "$cloud_replicas" ] \
+    || { echo "expected $cloud_replicas distinct cloud client ids" >&2; return 1; }
+  PYTHONPATH="$repo" "$py" - "$PDM_MQTT_PORT" "$PDM_CLOUD_API_TOKEN" "$wait_s" \
+    "$PDM_PKI_DIR" "${api_ports[@]}" <<'PY'
+"""Edge alerts on the broker (alert events or retained states, read with the gateway's own
+certificate: the ACL shows it nothing else); every replica ingests a share of the uplink and
+serves the whole fleet (the same assets, with the ticks the other replicas stored) from the
+shared store."""
 import json, sys, threading, time
 
 import httpx
 import paho.mqtt.client as mqtt
 
-mqtt_port, api_port, token, limit = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+mqtt_port, token, limit = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+pki = sys.argv[4]
+api_ports = sys.argv[5:]
 seen: list[tuple[str, dict]] = []
 got = threading.Event()
 
@@ -292,11 +361,13 @@ def on_message(client, userdata, msg):
     got.set()
 
 def on_connect(client, userdata, flags, reason, props):
-    client.subscribe([("pdm/v1/+/+/alert", 1), ("pdm/v1/+/+/state", 1)])
+    client.subscribe([("pdm/v1/gw-demo/+/alert", 1), ("pdm/v1/gw-demo/+/state", 1)])
 
 t0 = time.monotonic()
 client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pdm-compose-test",
                      protocol=mqtt.MQTTv5)
+client.tls_set(ca_certs=f"{pki}/ca.crt", certfile=f"{pki}/gateways/gw-demo.crt",
+               keyfile=f"{pki}/gateways/gw-demo.key")
 client.on_message, client.on_connect = on_message, on_connect
 client.connect("127.0.0.1", mqtt_port)
 client.loop_start()
@@ -310,32 +381,79 @@ print(f"{len(seen)} alert/state message(s) on MQTT after {time.monotonic() - t0:
       f"{topic} {event.get('old_state', '')}->{event.get('new_state', event.get('state', ''))} "
       f"p={event.get('probability', float('nan')):.3f}")
 
-http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}",
-                    headers={"Authorization": f"Bearer {token}"}, timeout=10)
+apis = [httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                     headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        for port in api_ports]
+
+
+def received(api: httpx.Client) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in api.get("/metrics").text.splitlines()
+               if line.startswith("pdm_cloud_ticks_received_total "))
+
+
+def fleet(api: httpx.Client) -> dict[tuple[str, str], int]:
+    return {(a["gateway"], a["asset"]): a["ticks"] for a in api.get("/api/v1/assets").json()
+            if a.get("ticks")}
+
+
 deadline = time.monotonic() + limit
-assets = []
-while time.monotonic() < deadline:
-    assets = [a for a in http.get("/api/v1/assets").json() if a.get("ticks")]
-    if assets:
+while True:
+    shares = [received(api) for api in apis]
+    views = [fleet(api) for api in apis]
+    # Read in turn, the later replica may only have seen more ticks, never fewer assets.
+    same = all(views) and all(set(v) == set(views[0]) for v in views)
+    if all(shares) and same:
         break
+    if time.monotonic() > deadline:
+        sys.exit(f"after {limit:.0f} s: ticks received per replica {shares}; assets with "
+                 f"ticks per replica {[len(v) for v in views]} (each replica must ingest a "
+                 "share and list the whole fleet)")
     time.sleep(1)
-if not assets:
-    sys.exit(f"no edge ticks in the cloud API within {limit:.0f} s")
-a = max(assets, key=lambda a: a["ticks"])
-ticks = http.get(f"/api/v1/assets/{a['gateway']}/{a['asset']}/ticks",
-                 params={"limit": 5}).json()["items"]
-assert ticks and set(ticks[0]["values"]), "empty tick rows"
-print(f"cloud API: {len(assets)} asset(s) with ticks; {a['gateway']}/{a['asset']} has "
-      f"{a['ticks']} ticks, state {a.get('state')}")
+asset = max(views[0], key=views[0].get)
+rows = [api.get(f"/api/v1/assets/{asset[0]}/{asset[1]}/ticks", params={"limit": 500}).json()
+        for api in apis]
+seqs = [[t["seq"] for t in r["items"]] for r in rows]
+first = min(len(s) for s in seqs)
+assert first and all(s[:first] == seqs[0][:first] for s in seqs), "replicas differ in ticks"
+print(f"{len(apis)} replicas: ticks received {', '.join(f'{s:.0f}' for s in shares)}; each "
+      f"lists the same {len(views[0])} asset(s); {asset[0]}/{asset[1]}: the same first "
+      f"{first} ticks from every replica")
 PY
 }
 
+compose_rm_replicas() {  # compose_rm_replicas timeout: the cloud replicas, whatever their count
+  # podman-compose's `down` knows one container per service, not those `up --scale` added (and
+  # cannot remove the broker and PostgreSQL while a replica that depends on them is left).
+  local ids
+  ids=$(podman ps -aq --filter "label=io.podman.compose.project=$run_id" \
+        --filter "label=io.podman.compose.service=cloud")
+  # shellcheck disable=SC2086  # a list of ids
+  [ -z "$ids" ] || podman rm -f -v -t "$1" $ids >/dev/null 2>&1 || true
+}
+
+compose_down() {  # compose_down timeout: every container, network and volume of the project
+  # `down -v` removes the named volumes, not the anonymous ones of the images' VOLUMEs
+  # (mosquitto's /mosquitto/log): note them all first, remove what is left after.
+  local ids vols rc=0
+  ids=$(podman ps -aq --filter "label=io.podman.compose.project=$run_id")
+  # shellcheck disable=SC2086  # a list of ids
+  vols=$([ -z "$ids" ] || podman inspect --format \
+         '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}' $ids)
+  compose_rm_replicas "$1"
+  compose down -v -t "$1" || rc=$?
+  # shellcheck disable=SC2086  # a list of names
+  [ -z "${vols// /}" ] || podman volume rm -f $vols >/dev/null 2>&1 || true
+  return "$rc"
+}
+
 compose_stop() {
-  compose down -v -t 10 >"$work/compose-down.log" 2>&1 || { cat "$work/compose-down.log" >&2; return 1; }
+  compose_down 10 >"$work/compose-down.log" 2>&1 || { cat "$work/compose-down.log" >&2; return 1; }
   compose_up=""
   local left
   left=$(podman ps -a --filter "label=io.podman.compose.project=$run_id" -q | wc -l)
   [ "$left" = 0 ] || { echo "$left container(s) left after down" >&2; return 1; }
+  left=$(podman volume ls -q --filter "label=io.podman.compose.project=$run_id" | wc -l)
+  [ "$left" = 0 ] || { echo "$left volume(s) left after down" >&2; return 1; }
 }
 
 step "podman + base images (podman-base.sh)" prepare
@@ -346,8 +464,9 @@ step "image test: /healthz, /readyz, HEALTHCHECK" image_ready
 step "image test: uplink batch through MQTT -> API" image_uplink
 step "image test: stop and remove" image_stop
 if [ "${PDM_TEST_SKIP_COMPOSE:-0}" != 1 ]; then
+  step "build test PostgreSQL image" build Dockerfile.postgres-test pdm-postgres-test:latest
   step "compose: podman-compose available" compose_tool
-  step "compose: up (broker, cloud, edge) until ready" compose_start
-  step "compose: edge alerts on MQTT, ticks in API" compose_check
+  step "compose: up (broker, PostgreSQL, 2 clouds, edge) until ready" compose_start
+  step "compose: 2 replicas, one fleet, alerts on MQTT" compose_check
   step "compose: down -v" compose_stop
 fi

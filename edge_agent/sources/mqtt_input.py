@@ -11,6 +11,7 @@ import time
 
 from contract import topics
 from contract.errors import ContractError
+from contract.payloads import MAX_FEATURE_NAME, MAX_FEATURES
 from edge_agent.readings import Reading
 from edge_agent.sources import Emit, Reject
 
@@ -34,6 +35,12 @@ def parse_raw(topic: str, payload: bytes) -> Reading:
     values = doc.get("values", {k: v for k, v in doc.items() if k != "time"})
     if not isinstance(values, dict):
         raise ValueError("'values' must be an object of feature name to number")
+    if len(values) > MAX_FEATURES:
+        raise ValueError(f"'values' has {len(values)} features, at most {MAX_FEATURES} allowed")
+    for name in values:
+        if not 1 <= len(name) <= MAX_FEATURE_NAME:
+            raise ValueError(f"feature name {name[:MAX_FEATURE_NAME]!r} is {len(name)} "
+                             f"characters long, 1..{MAX_FEATURE_NAME} allowed")
     return Reading(parsed.asset or "", doc["time"], values, time.perf_counter())
 
 

@@ -11,6 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent.parent
+SHIPPED_DIR = REPO / "deploy" / "docker" / "mosquitto"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,10 +30,33 @@ class TlsFiles:
     client_key: Path
 
 
-class Mosquitto:
-    """Start, stop and restart one mosquitto process with its own config and persistence."""
+def shipped_config(workdir: Path, pki_dir: Path, port: int, host: str = "127.0.0.1",
+                   config_dir: Path = SHIPPED_DIR) -> list[str]:
+    """The shipped mosquitto.conf, run here: its settings and ACL as they are, with the
+    container paths pointed at `pki_dir` (certificates), `config_dir` (the ACL) and `workdir`
+    (persistence, log), and its listener moved to a free loopback port."""
+    lines = []
+    for line in (config_dir / "mosquitto.conf").read_text().splitlines():
+        words = line.split()
+        if words and words[0] == "listener":
+            line = f"listener {port} {host}"
+        elif words and words[0] == "log_dest":
+            line = f"log_dest file {workdir / 'mosquitto.log'}"
+        line = (line.replace("/mosquitto/certs/", f"{pki_dir}/")
+                .replace("/mosquitto/config/", f"{config_dir}/")
+                .replace("/mosquitto/data/", f"{workdir / 'data'}/"))
+        lines.append(line)
+    return lines
 
-    def __init__(self, workdir: Path, tls: TlsFiles | None = None, port: int | None = None):
+
+class Mosquitto:
+    """Start, stop and restart one mosquitto process with its own config and persistence.
+
+    `shipped_pki`: run the shipped deploy/docker/mosquitto config (mutual TLS, ACL) with the
+    certificates `python -m cloud_service pki init` wrote there, instead of the plain one."""
+
+    def __init__(self, workdir: Path, tls: TlsFiles | None = None, port: int | None = None,
+                 shipped_pki: Path | None = None):
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise RuntimeError("mosquitto is not installed (apt-get install -y mosquitto)")
@@ -58,9 +84,15 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
         ]
+        if shipped_pki is not None:
+            lines = shipped_config(workdir, shipped_pki, self.port, self.host)
+            self.tls = TlsFiles(ca=shipped_pki / "ca.crt", server_cert=shipped_pki / "broker.crt",
+                                server_key=shipped_pki / "broker.key",
+                                client_cert=shipped_pki / "cloud.crt",
+                                client_key=shipped_pki / "cloud.key")
         if os.geteuid() == 0:
             lines.insert(0, "user root")  # otherwise it drops to 'mosquitto' and cannot write here
-        if tls:
+        if tls and shipped_pki is None:
             lines += [
                 f"cafile {tls.ca}",
                 f"certfile {tls.server_cert}",
@@ -96,6 +128,11 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads its config, ACL and (2.0) TLS files again."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def restart(self) -> None:
         self.stop()

@@ -19,23 +19,35 @@ TOKEN = "system-test-token-0123456789"
 
 
 class System:
+    """An edge agent replaying C-MAPSS units into `replicas` cloud processes that share one
+    store (`store`: the cloud config's store section; default a SQLite file in `work`)."""
+
     def __init__(self, work: Path, broker: Mosquitto, bundle: Path, bundle_key: Path,
                  data: Path, units: list[int], rate: float, gateway: str = "gw-sys",
-                 uplink: Mosquitto | None = None) -> None:
+                 uplink: Mosquitto | None = None, replicas: int = 1,
+                 store: dict | None = None, cloud_extra: dict | None = None) -> None:
         self.work, self.broker, self.gateway = work, broker, gateway
         self.uplink = uplink or broker
         self.units, self.data = units, data
-        self.http_port = free_port()
-        self.api = f"http://127.0.0.1:{self.http_port}"
-        self.cloud_cfg = work / "cloud.yaml"
-        self.cloud_cfg.write_text(yaml.safe_dump({
-            "broker": {"host": self.uplink.host, "port": self.uplink.port},
-            "client_id": "pdm-cloud-systest", "api_token": TOKEN,
-            "store": {"path": str(work / "cloud.db")},
-            "registry": {"path": str(work / "registry")},
-            "bundle": {"path": str(bundle), "trusted_keys": [str(bundle_key)]},
-            "http": {"host": "127.0.0.1", "port": self.http_port},
-            "log": {"level": "WARNING"}}))
+        self.http_ports = [free_port() for _ in range(replicas)]
+        self.apis = [f"http://127.0.0.1:{port}" for port in self.http_ports]
+        self.api = self.apis[0]
+        self.http_port = self.http_ports[0]
+        self.cloud_cfgs = [work / f"cloud-{i}.yaml" for i in range(replicas)]
+        self.cloud_cfg = self.cloud_cfgs[0]
+        for i, path in enumerate(self.cloud_cfgs):
+            cfg = {
+                "broker": {"host": self.uplink.host, "port": self.uplink.port},
+                "client_id": "pdm-cloud-systest" if replicas == 1 else f"pdm-cloud-r{i}",
+                "api_token": TOKEN,
+                "store": store or {"url": f"sqlite:///{work / 'cloud.db'}"},
+                "registry": {"path": str(work / "registry")},
+                "bundle": {"path": str(bundle), "trusted_keys": [str(bundle_key)]},
+                "http": {"host": "127.0.0.1", "port": self.http_ports[i]},
+                "log": {"level": "INFO" if replicas > 1 else "WARNING"}}
+            for section, values in (cloud_extra or {}).items():
+                cfg[section] = {**cfg.get(section, {}), **values}
+            path.write_text(yaml.safe_dump(cfg))
         agent = {
             "gateway_id": gateway, "broker": {"host": broker.host, "port": broker.port},
             "sources": [{"type": "cmapss", "file": str(data), "units": units, "rate": rate}],
@@ -45,9 +57,13 @@ class System:
             agent["uplink"] = {"host": uplink.host, "port": uplink.port}
         self.agent_cfg = work / "agent.yaml"
         self.agent_cfg.write_text(yaml.safe_dump(agent))
-        self.cloud: subprocess.Popen | None = None
+        self.clouds: list[subprocess.Popen | None] = [None] * replicas
         self.agent: subprocess.Popen | None = None
         self.logs: list[Path] = []
+
+    @property
+    def cloud(self) -> subprocess.Popen | None:
+        return self.clouds[0]
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = self.work / f"{name}-{len(self.logs)}.log"
@@ -55,15 +71,17 @@ class System:
         return subprocess.Popen([sys.executable, "-m", *args], cwd=REPO,
                                 stdout=log.open("w"), stderr=subprocess.STDOUT)
 
-    def start_cloud(self, timeout: float = 120) -> None:
-        self.cloud = self._spawn("cloud", ["cloud_service", "run", "--config",
-                                           str(self.cloud_cfg)])
+    def start_cloud(self, replica: int = 0, timeout: float = 120) -> None:
+        proc = self.clouds[replica] = self._spawn(
+            f"cloud{replica}", ["cloud_service", "run", "--config",
+                                str(self.cloud_cfgs[replica])])
+        log = self.logs[-1]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.cloud.poll() is not None:
-                raise RuntimeError(f"cloud exited: {self.logs[-1].read_text()[-3000:]}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"cloud exited: {log.read_text()[-3000:]}")
             try:
-                urllib.request.urlopen(f"{self.api}/healthz", timeout=2)
+                urllib.request.urlopen(f"{self.apis[replica]}/healthz", timeout=2)
                 return
             except OSError:
                 time.sleep(0.3)
@@ -85,10 +103,11 @@ class System:
 
     def stop(self) -> None:
         self.kill(self.agent, signal.SIGTERM)
-        self.kill(self.cloud, signal.SIGTERM)
+        for proc in self.clouds:
+            self.kill(proc, signal.SIGTERM)
 
-    def get(self, path: str):
-        req = urllib.request.Request(f"{self.api}{path}",
+    def get(self, path: str, replica: int = 0):
+        req = urllib.request.Request(f"{self.apis[replica]}{path}",
                                      headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
@@ -110,7 +129,8 @@ class System:
     def predictions(self, asset: str) -> list[dict]:
         return self.pages(f"/api/v1/assets/{self.gateway}/{asset}/predictions")
 
-    def metric(self, name: str) -> float:
-        text = urllib.request.urlopen(f"{self.api}/metrics", timeout=5).read().decode()
+    def metric(self, name: str, replica: int = 0) -> float:
+        text = urllib.request.urlopen(f"{self.apis[replica]}/metrics",
+                                      timeout=5).read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name + " ") or line.startswith(name + "{"))

@@ -1,14 +1,14 @@
-"""The store: every tick, prediction, alert, dead letter and model the service knows.
-
-`Store` is the narrow interface the rest of the service uses; `SqliteStore` implements it on
-SQLite in WAL mode through sqlite-utils. Ticks and predictions are keyed by (gateway, asset,
-seq) and written with INSERT OR IGNORE, so a redelivered batch changes nothing. A PostgreSQL
-implementation of the same interface is what a multi-replica deployment needs (SQLite is one
-file on one host).
+"""The SQLite backend: one file in WAL mode, for one host (the embedded default).
 
 Threads: the MQTT writer, the scorer and the HTTP worker threads all use the store. Each thread
 gets its own connection; writes take SQLite's write lock at BEGIN IMMEDIATE and wait for it
-(busy timeout) instead of failing.
+(busy timeout) instead of failing. Ticks and predictions are keyed by (gateway, asset, seq)
+and written with INSERT OR IGNORE, so a redelivered batch changes nothing.
+
+Schema: `MIGRATIONS[i]` takes a database from version i to i + 1; the version is kept in
+`schema_version`. A file made before that table existed starts at 0: the first migration is
+the schema that code wrote, with "if not exists" throughout, so it adds only what is missing.
+Retention deletes old rows in small batches, so writers wait little.
 """
 
 from __future__ import annotations
@@ -20,161 +20,226 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, cast
 
 import numpy as np
 from sqlite_utils import Database
 
 from cloud_service.deadletters import DeadLetter
-from contract.payloads import GatewayStatus, UpdateReport, UplinkBatch
+from cloud_service.ownership import Membership, OwnedAsset, OwnershipError
+from cloud_service.store.base import (
+    ModelConflict,
+    StoreError,
+    StoreUnavailable,
+    check_schema_version,
+)
+from cloud_service.store.rows import (
+    AlertResume,
+    AssetKey,
+    AssetRow,
+    DeadLetterRow,
+    GatewayRow,
+    Inserted,
+    ModelRow,
+    Received,
+    ReportUpdate,
+    RolloutRow,
+    RolloutTargetRow,
+    ScoresStored,
+    ScoreWrite,
+    ShadowRow,
+    StatusUpdate,
+    StoredAlert,
+    StoredPrediction,
+    TargetRequest,
+    TickRow,
+    WindowTicks,
+    without_assets,
+)
+from contract.alerting import MachineState
+from contract.payloads import AlertState
 
-AssetKey = tuple[str, str]
 BUSY_TIMEOUT_MS = 30_000
+RETENTION_BATCH = 5_000  # rows per delete transaction
 
-
-@dataclass(frozen=True)
-class Received:
-    """One decoded uplink batch and when it arrived."""
-
-    batch: UplinkBatch
-    received_at: float
-
-
-@dataclass(frozen=True)
-class StatusUpdate:
-    status: GatewayStatus
-    received_at: float
-
-
-@dataclass(frozen=True)
-class ReportUpdate:
-    """A gateway's progress on a model update (`.../update`)."""
-
-    report: UpdateReport
-    received_at: float
-
-
-@dataclass(frozen=True)
-class Inserted:
-    """What one uplink batch added: the seq range it covered and how many rows were new."""
-
-    key: AssetKey
-    first_seq: int
-    last_seq: int
-    new_rows: int
-    escalated: bool = False
-
-
-@dataclass
-class WindowTicks:
-    """Stored ticks of one asset over a seq range, as the scorer needs them."""
-
-    seqs: np.ndarray  # int64, sorted
-    times: np.ndarray  # float64
-    received_at: np.ndarray  # float64
-    feature_sets: np.ndarray  # int64
-    values: list[bytes]  # float32 little-endian rows, in their feature set's order
-    edge_probability: list[float | None]
-    edge_rul: list[float | None]
-    edge_model: list[str]
-
-
-@dataclass(frozen=True)
-class PredictionRow:
-    gateway: str
-    asset: str
-    seq: int
-    tick_time: float
-    probability: float | None
-    rul: float | None
-    edge_probability: float | None
-    edge_rul: float | None
-    diff: float | None
-    rul_diff: float | None
-    model_version: str
-    edge_model_version: str | None
-    scored_at: float
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class AlertRow:
-    gateway: str
-    asset: str
-    seq: int
-    source: str
-    old_state: str
-    new_state: str
-    probability: float
-    rul: float | None
-    model_version: str
-    tick_time: float
-    published_at: float
-
-
-@dataclass(frozen=True)
-class AssetScore:
-    """The latest cloud judgement of one asset, kept so a restart resumes its alert state."""
-
-    key: AssetKey
-    seq: int
-    probability: float
-    rul: float | None
-    state: str
-    state_since: float
-    model_version: str
-    scored_at: float
-
-
-@dataclass
-class ScoreWrite:
-    predictions: list[PredictionRow] = field(default_factory=list)
-    alerts: list[AlertRow] = field(default_factory=list)
-    assets: list[AssetScore] = field(default_factory=list)
-
-
-class ModelConflict(ValueError):
-    """A model version is already registered with other content."""
-
-
-class Store(Protocol):
-    """What the service needs from a store (SQLite here; PostgreSQL could follow)."""
-
-    def write_ingest(self, batches: list[Received], statuses: list[StatusUpdate],
-                     dead: list[DeadLetter],
-                     reports: Sequence[ReportUpdate] = ()) -> list[Inserted]: ...
-    def tick_seqs(self, key: AssetKey, lo: int, hi: int) -> np.ndarray: ...
-    def predicted_seqs(self, key: AssetKey, lo: int, hi: int) -> set[int]: ...
-    def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]: ...
-    def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks: ...
-    def feature_set(self, feature_set_id: int) -> tuple[str, ...]: ...
-    def write_scores(self, write: ScoreWrite) -> None: ...
-    def asset_scores(self) -> dict[AssetKey, tuple[str, int, float | None]]: ...
-    def check_writable(self) -> None: ...
-    def gateways(self) -> list[dict]: ...
-    def assets(self, gateway: str | None = None) -> list[dict]: ...
-    def asset(self, gateway: str, asset: str) -> dict | None: ...
-    def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
-              since: float | None, until: float | None, limit: int) -> list[dict]: ...
-    def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
-                    limit: int) -> list[dict]: ...
-    def alerts(self, gateway: str | None, asset: str | None, state: str | None,
-               since: float | None, after_id: int, limit: int) -> list[dict]: ...
-    def dead_letters(self, reason: str | None, after_id: int, limit: int) -> list[dict]: ...
-    def models(self) -> list[dict]: ...
-    def model(self, version: str) -> dict | None: ...
-    def register_model(self, record: dict) -> tuple[dict, bool]: ...
-    def create_rollout(self, rollout: dict, targets: list[dict]) -> None: ...
-    def rollouts(self) -> list[dict]: ...
-    def rollout(self, rollout_id: str) -> dict | None: ...
-    def rollout_targets(self, rollout_id: str) -> list[dict]: ...
-    def shadow_report(self, version: str, shadow_cut: float,
-                      cut: float) -> list[dict]: ...
-    def update_rollout(self, rollout_id: str, state: str,
-                       steps: dict[str, tuple[str, str | None]]) -> None: ...
-    def close(self) -> None: ...
+# The schema as the first SQLite store wrote it (sqlite-utils), then each change after it.
+MIGRATIONS: list[str] = [
+    """
+CREATE TABLE IF NOT EXISTS "alerts" (
+   "id" INTEGER PRIMARY KEY,
+   "gateway" TEXT,
+   "asset" TEXT,
+   "seq" INTEGER,
+   "source" TEXT,
+   "old_state" TEXT,
+   "new_state" TEXT,
+   "probability" REAL,
+   "rul" REAL,
+   "model_version" TEXT,
+   "tick_time" REAL,
+   "published_at" REAL
+);
+CREATE TABLE IF NOT EXISTS "assets" (
+   "gateway" TEXT,
+   "asset" TEXT,
+   "first_seen" REAL,
+   "last_seen" REAL,
+   "last_seq" INTEGER,
+   "ticks" INTEGER NOT NULL DEFAULT 0,
+   "edge_seq" INTEGER,
+   "edge_probability" REAL,
+   "edge_rul" REAL,
+   "edge_model_version" TEXT,
+   "cloud_seq" INTEGER,
+   "cloud_probability" REAL,
+   "cloud_rul" REAL,
+   "cloud_state" TEXT,
+   "cloud_state_since" REAL,
+   "cloud_model_version" TEXT,
+   "scored_at" REAL,
+   PRIMARY KEY ("gateway", "asset")
+);
+CREATE TABLE IF NOT EXISTS "dead_letters" (
+   "id" INTEGER PRIMARY KEY,
+   "received_at" REAL,
+   "topic" TEXT,
+   "gateway" TEXT,
+   "reason" TEXT,
+   "detail" TEXT,
+   "size" INTEGER,
+   "payload" BLOB
+);
+CREATE TABLE IF NOT EXISTS "feature_sets" (
+   "id" INTEGER PRIMARY KEY,
+   "names" TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "gateways" (
+   "gateway" TEXT PRIMARY KEY,
+   "online" INTEGER,
+   "status_time" REAL,
+   "first_seen" REAL,
+   "last_seen" REAL,
+   "model_version" TEXT,
+   "agent_version" TEXT
+);
+CREATE TABLE IF NOT EXISTS "health" (
+   "id" INTEGER PRIMARY KEY,
+   "checked_at" REAL
+);
+CREATE TABLE IF NOT EXISTS "models" (
+   "version" TEXT PRIMARY KEY,
+   "created" TEXT,
+   "registered_at" REAL,
+   "source" TEXT,
+   "sha256" TEXT,
+   "size" INTEGER,
+   "signature" TEXT,
+   "path" TEXT,
+   "tar_path" TEXT,
+   "window" INTEGER,
+   "features" TEXT,
+   "manifest" TEXT
+);
+CREATE TABLE IF NOT EXISTS "predictions" (
+   "gateway" TEXT,
+   "asset" TEXT,
+   "seq" INTEGER,
+   "tick_time" REAL,
+   "probability" REAL,
+   "rul" REAL,
+   "edge_probability" REAL,
+   "edge_rul" REAL,
+   "diff" REAL,
+   "rul_diff" REAL,
+   "model_version" TEXT,
+   "edge_model_version" TEXT,
+   "scored_at" REAL,
+   "error" TEXT,
+   PRIMARY KEY ("gateway", "asset", "seq")
+);
+CREATE TABLE IF NOT EXISTS "rollout_targets" (
+   "rollout_id" TEXT REFERENCES "rollouts"("id"),
+   "gateway" TEXT,
+   "from_version" TEXT,
+   "step" TEXT,
+   "reason" TEXT,
+   "updated_at" REAL,
+   "report_time" REAL,
+   PRIMARY KEY ("rollout_id", "gateway")
+);
+CREATE TABLE IF NOT EXISTS "rollouts" (
+   "id" TEXT PRIMARY KEY,
+   "version" TEXT,
+   "action" TEXT,
+   "state" TEXT,
+   "created_at" REAL,
+   "updated_at" REAL,
+   "percent" REAL,
+   "requested" TEXT
+);
+CREATE TABLE IF NOT EXISTS "shadow_scores" (
+   "gateway" TEXT,
+   "asset" TEXT,
+   "seq" INTEGER,
+   "model_version" TEXT,
+   "probability" REAL,
+   "rul" REAL,
+   PRIMARY KEY ("gateway", "asset", "seq", "model_version")
+);
+CREATE TABLE IF NOT EXISTS "ticks" (
+   "gateway" TEXT,
+   "asset" TEXT,
+   "seq" INTEGER,
+   "time" REAL NOT NULL,
+   "feature_set" INTEGER NOT NULL,
+   "vals" BLOB NOT NULL,
+   "edge_probability" REAL,
+   "edge_rul" REAL,
+   "model_version" TEXT,
+   "received_at" REAL,
+   PRIMARY KEY ("gateway", "asset", "seq")
+);
+CREATE UNIQUE INDEX IF NOT EXISTS "idx_feature_sets_names"
+    ON "feature_sets" ("names");
+CREATE INDEX IF NOT EXISTS "idx_ticks_gateway_asset_time"
+    ON "ticks" ("gateway", "asset", "time");
+CREATE INDEX IF NOT EXISTS "idx_shadow_scores_model_version"
+    ON "shadow_scores" ("model_version");
+CREATE INDEX IF NOT EXISTS "idx_alerts_published_at"
+    ON "alerts" ("published_at");
+CREATE UNIQUE INDEX IF NOT EXISTS "idx_alerts_gateway_asset_seq_source"
+    ON "alerts" ("gateway", "asset", "seq", "source");
+CREATE INDEX IF NOT EXISTS "idx_dead_letters_reason"
+    ON "dead_letters" ("reason");
+    """,
+    # 2: retention deletes by tick time.
+    """
+CREATE INDEX IF NOT EXISTS "idx_ticks_time" ON "ticks" ("time");
+CREATE INDEX IF NOT EXISTS "idx_predictions_tick_time" ON "predictions" ("tick_time");
+    """,
+    # 3: ownership across replicas: leases, each asset's owner and its alert machine's dwell,
+    # and which replica scored each window.
+    """
+CREATE TABLE IF NOT EXISTS "replicas" (
+   "replica" TEXT PRIMARY KEY,
+   "token" TEXT NOT NULL,
+   "started_at" REAL,
+   "heartbeat_at" REAL,
+   "expires_at" REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS "leader" (
+   "id" INTEGER PRIMARY KEY,
+   "holder" TEXT NOT NULL,
+   "expires_at" REAL NOT NULL
+);
+ALTER TABLE "assets" ADD COLUMN "owner" TEXT;
+ALTER TABLE "assets" ADD COLUMN "cloud_pending" TEXT;
+ALTER TABLE "assets" ADD COLUMN "cloud_pending_count" INTEGER;
+ALTER TABLE "predictions" ADD COLUMN "scored_by" TEXT;
+CREATE INDEX IF NOT EXISTS "idx_assets_owner_last_seen" ON "assets" ("owner", "last_seen");
+    """,
+]
 
 
 def _opt(x: float | None) -> float | None:
@@ -188,14 +253,25 @@ def _opt(x: float | None) -> float | None:
 class SqliteStore:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.where = f"SQLite file {self.path}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of {self.where}: {exc}") from None
         self.synchronous = synchronous
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._feature_ids: dict[tuple[str, ...], int] = {}
         self._feature_names: dict[int, tuple[str, ...]] = {}
-        self._create_schema()
+        try:
+            self._migrate()
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"cannot open {self.where}: {exc}") from None
+        except StoreError:
+            self.close()
+            raise
 
     # -- connections -----------------------------------------------------------------------
 
@@ -218,16 +294,19 @@ class SqliteStore:
         """One write transaction; the write lock is taken at its start, so two writers queue
         instead of deadlocking on a lock upgrade."""
         conn = self._db().conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # locked too long, disk full, I/O error
+            raise StoreUnavailable(f"{self.where}: {exc}") from exc
 
-    def _rows(self, sql: str, params: Iterable[Any] | dict = ()) -> list[dict]:
+    def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict]:
         return list(self._db().query(sql, params))
 
     def close(self) -> None:
@@ -240,73 +319,39 @@ class SqliteStore:
 
     # -- schema ----------------------------------------------------------------------------
 
-    def _create_schema(self) -> None:
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "schema_version" in tables:
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            return int(row[0] or 0)
+        # A new file, or one from before versioning: the first migration only creates what
+        # is missing, so it also completes a file made before some of today's tables.
+        return 0
+
+    def _migrate(self) -> None:
+        """Bring the file to the latest schema, one transaction per step (several processes
+        may open it at once: the write lock orders them, and each re-reads the version)."""
         db = self._db()
         db.enable_wal()
-        db["gateways"].create({
-            "gateway": str, "online": int, "status_time": float, "first_seen": float,
-            "last_seen": float, "model_version": str, "agent_version": str,
-        }, pk="gateway", if_not_exists=True)
-        db["assets"].create({
-            "gateway": str, "asset": str, "first_seen": float, "last_seen": float,
-            "last_seq": int, "ticks": int, "edge_seq": int, "edge_probability": float,
-            "edge_rul": float, "edge_model_version": str, "cloud_seq": int,
-            "cloud_probability": float, "cloud_rul": float, "cloud_state": str,
-            "cloud_state_since": float, "cloud_model_version": str, "scored_at": float,
-        }, pk=("gateway", "asset"), not_null={"ticks"}, defaults={"ticks": 0},
-            if_not_exists=True)
-        db["feature_sets"].create({"id": int, "names": str}, pk="id", not_null={"names"},
-                                  if_not_exists=True)
-        db["feature_sets"].create_index(["names"], unique=True, if_not_exists=True)
-        db["ticks"].create({
-            "gateway": str, "asset": str, "seq": int, "time": float, "feature_set": int,
-            "vals": bytes, "edge_probability": float, "edge_rul": float, "model_version": str,
-            "received_at": float,
-        }, pk=("gateway", "asset", "seq"), not_null={"time", "feature_set", "vals"},
-            if_not_exists=True)
-        db["ticks"].create_index(["gateway", "asset", "time"], if_not_exists=True)
-        db["predictions"].create({
-            "gateway": str, "asset": str, "seq": int, "tick_time": float,
-            "probability": float, "rul": float, "edge_probability": float, "edge_rul": float,
-            "diff": float, "rul_diff": float, "model_version": str,
-            "edge_model_version": str, "scored_at": float, "error": str,
-        }, pk=("gateway", "asset", "seq"), if_not_exists=True)
-        # Scores of a model that gateways run in shadow, beside their active one.
-        db["shadow_scores"].create({
-            "gateway": str, "asset": str, "seq": int, "model_version": str,
-            "probability": float, "rul": float,
-        }, pk=("gateway", "asset", "seq", "model_version"), if_not_exists=True)
-        db["shadow_scores"].create_index(["model_version"], if_not_exists=True)
-        db["alerts"].create({
-            "id": int, "gateway": str, "asset": str, "seq": int, "source": str,
-            "old_state": str, "new_state": str, "probability": float, "rul": float,
-            "model_version": str, "tick_time": float, "published_at": float,
-        }, pk="id", if_not_exists=True)
-        db["alerts"].create_index(["published_at"], if_not_exists=True)
-        db["alerts"].create_index(["gateway", "asset", "seq", "source"], unique=True,
-                                  if_not_exists=True)
-        db["dead_letters"].create({
-            "id": int, "received_at": float, "topic": str, "gateway": str, "reason": str,
-            "detail": str, "size": int, "payload": bytes,
-        }, pk="id", if_not_exists=True)
-        db["dead_letters"].create_index(["reason"], if_not_exists=True)
-        db["models"].create({
-            "version": str, "created": str, "registered_at": float, "source": str,
-            "sha256": str, "size": int, "signature": str, "path": str, "tar_path": str,
-            "window": int, "features": str, "manifest": str,
-        }, pk="version", if_not_exists=True)
-        db["rollouts"].create({
-            "id": str, "version": str, "action": str, "state": str, "created_at": float,
-            "updated_at": float, "percent": float, "requested": str,
-        }, pk="id", if_not_exists=True)
-        # One row per targeted gateway: `step` is what the cloud did (announced, paused,
-        # cleared) or the gateway's last report (downloading, verified, active, failed, ...).
-        db["rollout_targets"].create({
-            "rollout_id": str, "gateway": str, "from_version": str, "step": str, "reason": str,
-            "updated_at": float, "report_time": float,
-        }, pk=("rollout_id", "gateway"), foreign_keys=[("rollout_id", "rollouts", "id")],
-            if_not_exists=True)
-        db["health"].create({"id": int, "checked_at": float}, pk="id", if_not_exists=True)
+        conn = db.conn
+        latest = len(MIGRATIONS)
+        while True:
+            with self._write():
+                current = self._version(conn)
+                steps = check_schema_version(current, latest, self.where)
+                if not steps:
+                    return
+                step = steps[0]
+                # executescript would commit our transaction: run the statements one by one
+                for statement in _statements(MIGRATIONS[step - 1]):
+                    conn.execute(statement)
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                             "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+                conn.execute("INSERT INTO schema_version VALUES (?, ?)", (step, time.time()))
+
+    def schema_version(self) -> int:
+        return self._version(self._db().conn)
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -391,13 +436,14 @@ class SqliteStore:
             "edge_probability, edge_rul, model_version, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         new_rows = conn.total_changes - before
-        if b.shadow_version is not None:
+        shadow_p, shadow_r = b.shadow_probability, b.shadow_rul
+        if b.shadow_version is not None and shadow_p is not None:
             conn.executemany(
                 "INSERT OR IGNORE INTO shadow_scores (gateway, asset, seq, model_version, "
                 "probability, rul) VALUES (?, ?, ?, ?, ?, ?)",
-                [(b.gateway, b.asset, seq, b.shadow_version, float(b.shadow_probability[i]),
-                  _opt(b.shadow_rul[i])) for i, seq in enumerate(b.seqs)
-                 if math.isfinite(b.shadow_probability[i])])
+                [(b.gateway, b.asset, seq, b.shadow_version, float(shadow_p[i]),
+                  _opt(shadow_r[i]) if shadow_r is not None else None)
+                 for i, seq in enumerate(b.seqs) if math.isfinite(shadow_p[i])])
         edge_seq = edge_p = edge_r = None
         for i in range(len(rows) - 1, -1, -1):
             if rows[i][6] is not None:
@@ -490,16 +536,33 @@ class SqliteStore:
             self._feature_ids[names] = feature_set_id
         return names
 
-    def write_scores(self, write: ScoreWrite) -> None:
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> ScoresStored:
+        """Store one batch of scores. With `owner`, only the assets whose row still names that
+        replica as owner are written (checked inside the transaction); the others are returned,
+        so the caller drops them and publishes nothing for them."""
         with self._write() as conn:
+            refused: set[AssetKey] = set()
+            if owner is not None:
+                keys = ({(p.gateway, p.asset) for p in write.predictions}
+                        | {a.key for a in write.assets})
+                for key in keys:
+                    row = conn.execute("SELECT owner FROM assets WHERE gateway = ? AND asset = ?",
+                                       key).fetchone()
+                    if row is None or row[0] != owner:
+                        refused.add(key)
+                if refused:
+                    write = without_assets(write, refused)
+            before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO predictions (gateway, asset, seq, tick_time, probability, "
                 "rul, edge_probability, edge_rul, diff, rul_diff, model_version, "
-                "edge_model_version, scored_at, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "edge_model_version, scored_at, error, scored_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(p.gateway, p.asset, p.seq, p.tick_time, p.probability, p.rul,
                   p.edge_probability, p.edge_rul, p.diff, p.rul_diff, p.model_version,
-                  p.edge_model_version, p.scored_at, p.error) for p in write.predictions])
+                  p.edge_model_version, p.scored_at, p.error, owner)
+                 for p in write.predictions])
+            duplicates = len(write.predictions) - (conn.total_changes - before)
             conn.executemany(
                 "INSERT OR IGNORE INTO alerts (gateway, asset, seq, source, old_state, new_state, "
                 "probability, rul, model_version, tick_time, published_at) "
@@ -508,45 +571,160 @@ class SqliteStore:
                   a.rul, a.model_version, a.tick_time, a.published_at) for a in write.alerts])
             conn.executemany(
                 "UPDATE assets SET cloud_seq = ?, cloud_probability = ?, cloud_rul = ?, "
-                "cloud_state = ?, cloud_state_since = ?, cloud_model_version = ?, scored_at = ? "
+                "cloud_state = ?, cloud_state_since = ?, cloud_model_version = ?, scored_at = ?, "
+                "cloud_pending = ?, cloud_pending_count = ? "
                 "WHERE gateway = ? AND asset = ? AND coalesce(cloud_seq, -1) < ?",
                 [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
-                  a.scored_at, *a.key, a.seq) for a in write.assets])
+                  a.scored_at, a.pending, a.pending_count, *a.key, a.seq)
+                 for a in write.assets])
+        return ScoresStored(refused, duplicates)
 
-    def asset_scores(self) -> dict[AssetKey, tuple[str, int, float | None]]:
+    # -- ownership (cloud_service/ownership.py) ---------------------------------------------
+
+    def heartbeat(self, replica: str, token: str, lease: float) -> Membership:
+        """Renew this replica's lease (taking over its id only from an expired holder), try
+        for the leader lease, and count live replicas, assets and the assets it owns."""
+        now = time.time()
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.execute(
+                "INSERT INTO replicas (replica, token, started_at, heartbeat_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (replica) DO UPDATE SET "
+                "token = excluded.token, heartbeat_at = excluded.heartbeat_at, "
+                "expires_at = excluded.expires_at, started_at = CASE WHEN token = excluded.token "
+                "  THEN started_at ELSE excluded.started_at END "
+                "WHERE token = excluded.token OR expires_at < excluded.heartbeat_at",
+                (replica, token, now, now, now + lease))
+            if conn.total_changes == before:
+                raise OwnershipError(
+                    f"another live replica uses the id {replica!r}; give every replica its "
+                    "own client_id")
+            before = conn.total_changes
+            conn.execute(
+                "INSERT INTO leader (id, holder, expires_at) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at WHERE holder = excluded.holder "
+                "OR expires_at < ?", (replica, now + lease, now))
+            leader = conn.total_changes > before
+            (live,) = conn.execute("SELECT count(*) FROM replicas WHERE expires_at >= ?",
+                                   (now,)).fetchone()
+            (assets,) = conn.execute("SELECT count(*) FROM assets").fetchone()
+            (owned,) = conn.execute("SELECT count(*) FROM assets WHERE owner = ?",
+                                    (replica,)).fetchone()
+        return Membership(live, assets, owned, leader)
+
+    def claim_assets(self, replica: str, limit: int) -> list[AssetKey]:
+        """Take up to `limit` assets that have no owner or whose owner's lease expired."""
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE assets SET owner = ? WHERE rowid IN (SELECT rowid FROM assets "
+                "WHERE owner IS NULL OR owner NOT IN "
+                "(SELECT replica FROM replicas WHERE expires_at >= ?) "
+                "ORDER BY gateway, asset LIMIT ?) RETURNING gateway, asset",
+                (replica, time.time(), limit)).fetchall()
+        return [(g, a) for g, a in rows]
+
+    def release_assets(self, replica: str, keys: Iterable[AssetKey]) -> None:
+        with self._write() as conn:
+            conn.executemany("UPDATE assets SET owner = NULL WHERE owner = ? AND gateway = ? "
+                             "AND asset = ?", [(replica, *key) for key in keys])
+
+    def leave(self, replica: str, token: str) -> None:
+        """A clean stop: give up every asset and the leases at once, so others need not wait
+        for them to expire."""
+        with self._write() as conn:
+            conn.execute("UPDATE assets SET owner = NULL WHERE owner = ?", (replica,))
+            conn.execute("DELETE FROM leader WHERE holder = ?", (replica,))
+            conn.execute("DELETE FROM replicas WHERE replica = ? AND token = ?", (replica, token))
+
+    def live_replicas(self, exclude: str | None = None) -> int:
+        """Replicas holding a live lease (other than `exclude`)."""
+        (n,) = self._db().conn.execute(
+            "SELECT count(*) FROM replicas WHERE expires_at >= ? AND replica <> ?",
+            (time.time(), exclude or "")).fetchone()
+        return int(n)
+
+    def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
+        """The assets this replica owns (those that received ticks since `seen_since` only,
+        when given), with their scoring position and alert machine state."""
+        sql = ("SELECT gateway, asset, ticks, last_seq, cloud_seq, cloud_state, cloud_pending, "
+               "cloud_pending_count, cloud_state_since FROM assets WHERE owner = ?")
+        params: list[Any] = [replica]
+        if seen_since is not None:
+            sql += " AND last_seen >= ?"
+            params.append(seen_since)
+        return [OwnedAsset(
+            key=(g, a), ticks=n, last_seq=last, scored_seq=seq,
+            machine=MachineState(AlertState(state or "NORMAL"),
+                                 AlertState(pending) if pending else None, count or 0),
+            state_since=since)
+            for g, a, n, last, seq, state, pending, count, since
+            in self._db().conn.execute(sql, params)]
+
+    def asset_scores(self) -> dict[AssetKey, AlertResume]:
         """Per asset: cloud alert state, seq of the last window fed to the alert machine, and
         since when the state holds."""
         cur = self._db().conn.execute(
             "SELECT gateway, asset, cloud_state, cloud_seq, cloud_state_since FROM assets "
             "WHERE cloud_seq IS NOT NULL")
-        return {(g, a): (s or "NORMAL", q, t) for g, a, s, q, t in cur}
+        return {(g, a): AlertResume(s or "NORMAL", q, t) for g, a, s, q, t in cur}
 
     def check_writable(self) -> None:
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)",
                          (time.time(),))
 
+    def drop_before(self, cutoff: float) -> int:
+        """Delete ticks, predictions and shadow scores of ticks older than `cutoff`, a few
+        thousand rows per transaction so ingest and scoring are held up only briefly."""
+        removed = 0
+        # Ticks before predictions: a window whose prediction was gone but its tick not would
+        # look unscored to a scorer recovering at that moment.
+        for table, column in (("shadow_scores", None), ("ticks", "time"),
+                              ("predictions", "tick_time")):
+            while True:
+                with self._write() as conn:
+                    if column is None:  # shadow scores carry no time: follow their ticks
+                        cur = conn.execute(
+                            "DELETE FROM shadow_scores WHERE rowid IN (SELECT s.rowid FROM "
+                            "shadow_scores s JOIN ticks t ON t.gateway = s.gateway AND "
+                            "t.asset = s.asset AND t.seq = s.seq WHERE t.time < ? LIMIT ?)",
+                            (cutoff, RETENTION_BATCH))
+                    else:
+                        cur = conn.execute(
+                            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "
+                            f"WHERE {column} < ? LIMIT ?)", (cutoff, RETENTION_BATCH))
+                    count = cur.rowcount
+                if table != "shadow_scores":
+                    removed += count
+                if count < RETENTION_BATCH:
+                    break
+        return removed
+
     # -- API queries -----------------------------------------------------------------------
 
-    def gateways(self) -> list[dict]:
-        return self._rows(
+    def gateways(self) -> list[GatewayRow]:
+        return cast(list[GatewayRow], self._rows(
             "SELECT g.gateway, g.online, g.status_time, g.first_seen, g.last_seen, "
             "g.model_version, g.agent_version, "
             "(SELECT count(*) FROM assets a WHERE a.gateway = g.gateway) AS assets "
-            "FROM gateways g ORDER BY g.gateway")
+            "FROM gateways g ORDER BY g.gateway"))
 
-    def assets(self, gateway: str | None = None) -> list[dict]:
+    def assets(self, gateway: str | None = None) -> list[AssetRow]:
         if gateway is None:
-            return self._rows("SELECT * FROM assets ORDER BY gateway, asset")
-        return self._rows("SELECT * FROM assets WHERE gateway = ? ORDER BY asset", (gateway,))
+            return cast(list[AssetRow], self._rows("SELECT * FROM assets ORDER BY gateway, asset"))
+        return cast(list[AssetRow], self._rows(
+            "SELECT * FROM assets WHERE gateway = ? ORDER BY asset", (gateway,)))
 
-    def asset(self, gateway: str, asset: str) -> dict | None:
+    def asset(self, gateway: str, asset: str) -> AssetRow | None:
         rows = self._rows("SELECT * FROM assets WHERE gateway = ? AND asset = ?",
                           (gateway, asset))
-        return rows[0] if rows else None
+        return cast(AssetRow, rows[0]) if rows else None
 
     def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
-              since: float | None, until: float | None, limit: int) -> list[dict]:
+              since: float | None, until: float | None, limit: int) -> list[TickRow]:
         sql = ("SELECT seq, time, feature_set, vals, edge_probability, edge_rul, model_version, "
                "received_at FROM ticks WHERE gateway = ? AND asset = ? AND seq > ?")
         params: list[Any] = [gateway, asset, after_seq]
@@ -566,11 +744,11 @@ class SqliteStore:
             names = self.feature_set(r.pop("feature_set"))
             vals = np.frombuffer(r.pop("vals"), "<f4")
             r["values"] = dict(zip(names, map(float, vals), strict=True))
-            out.append(r)
+            out.append(cast(TickRow, r))
         return out
 
     def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
-                    limit: int) -> list[dict]:
+                    limit: int) -> list[StoredPrediction]:
         sql = "SELECT * FROM predictions WHERE gateway = ? AND asset = ? AND seq > ?"
         params: list[Any] = [gateway, asset, after_seq]
         if to_seq is not None:
@@ -578,11 +756,12 @@ class SqliteStore:
             params.append(to_seq)
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
-        return self._rows(sql, params)
+        return cast(list[StoredPrediction], self._rows(sql, params))
 
     def alerts(self, gateway: str | None, asset: str | None, state: str | None,
-               since: float | None, after_id: int, limit: int) -> list[dict]:
-        sql, params = "SELECT * FROM alerts WHERE id > ?", [after_id]
+               since: float | None, after_id: int, limit: int) -> list[StoredAlert]:
+        sql = "SELECT * FROM alerts WHERE id > ?"
+        params: list[Any] = [after_id]
         for column, value in (("gateway", gateway), ("asset", asset), ("new_state", state)):
             if value is not None:
                 sql += f" AND {column} = ?"
@@ -592,29 +771,32 @@ class SqliteStore:
             params.append(since)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
-        return self._rows(sql, params)
+        return cast(list[StoredAlert], self._rows(sql, params))
 
-    def dead_letters(self, reason: str | None, after_id: int, limit: int) -> list[dict]:
-        sql, params = "SELECT * FROM dead_letters WHERE id > ?", [after_id]
+    def dead_letters(self, reason: str | None, after_id: int,
+                     limit: int) -> list[DeadLetterRow]:
+        sql = "SELECT * FROM dead_letters WHERE id > ?"
+        params: list[Any] = [after_id]
         if reason is not None:
             sql += " AND reason = ?"
             params.append(reason)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
-        return self._rows(sql, params)
+        return cast(list[DeadLetterRow], self._rows(sql, params))
 
     def dead_letter_counts(self) -> dict[str, int]:
         return {r["reason"]: r["n"] for r in self._rows(
             "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason")}
 
-    def models(self) -> list[dict]:
-        return self._rows("SELECT * FROM models ORDER BY registered_at, version")
+    def models(self) -> list[ModelRow]:
+        return cast(list[ModelRow],
+                    self._rows("SELECT * FROM models ORDER BY registered_at, version"))
 
-    def model(self, version: str) -> dict | None:
+    def model(self, version: str) -> ModelRow | None:
         rows = self._rows("SELECT * FROM models WHERE version = ?", (version,))
-        return rows[0] if rows else None
+        return cast(ModelRow, rows[0]) if rows else None
 
-    def register_model(self, record: dict) -> tuple[dict, bool]:
+    def register_model(self, record: ModelRow) -> tuple[ModelRow, bool]:
         """Insert a model; (record, True) when new, (stored, False) when the same version with
         the same content is already there. Other content under a known version: ModelConflict."""
         with self._write() as conn:
@@ -627,7 +809,7 @@ class SqliteStore:
                         "content; give the new bundle a new version")
                 created = False
             else:
-                cols = ", ".join(record)
+                cols = ", ".join(f'"{c}"' for c in record)
                 marks = ", ".join("?" for _ in record)
                 conn.execute(f"INSERT INTO models ({cols}) VALUES ({marks})",
                              tuple(record.values()))
@@ -638,7 +820,7 @@ class SqliteStore:
 
     # -- rollouts --------------------------------------------------------------------------
 
-    def create_rollout(self, rollout: dict, targets: list[dict]) -> None:
+    def create_rollout(self, rollout: RolloutRow, targets: list[TargetRequest]) -> None:
         with self._write() as conn:
             cols = ", ".join(rollout)
             conn.execute(f"INSERT INTO rollouts ({cols}) VALUES "
@@ -649,22 +831,22 @@ class SqliteStore:
                 [(rollout["id"], t["gateway"], t["from_version"], t["step"],
                   rollout["created_at"]) for t in targets])
 
-    def rollouts(self) -> list[dict]:
-        return self._rows("SELECT * FROM rollouts ORDER BY created_at, id")
+    def rollouts(self) -> list[RolloutRow]:
+        return cast(list[RolloutRow], self._rows("SELECT * FROM rollouts ORDER BY created_at, id"))
 
-    def rollout(self, rollout_id: str) -> dict | None:
+    def rollout(self, rollout_id: str) -> RolloutRow | None:
         rows = self._rows("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
-        return rows[0] if rows else None
+        return cast(RolloutRow, rows[0]) if rows else None
 
-    def rollout_targets(self, rollout_id: str) -> list[dict]:
-        return self._rows("SELECT * FROM rollout_targets WHERE rollout_id = ? ORDER BY gateway",
-                          (rollout_id,))
+    def rollout_targets(self, rollout_id: str) -> list[RolloutTargetRow]:
+        return cast(list[RolloutTargetRow], self._rows(
+            "SELECT * FROM rollout_targets WHERE rollout_id = ? ORDER BY gateway", (rollout_id,)))
 
-    def shadow_report(self, version: str, shadow_cut: float, cut: float) -> list[dict]:
+    def shadow_report(self, version: str, shadow_cut: float, cut: float) -> list[ShadowRow]:
         """Per asset, how the shadow model `version` compares with the active edge model
         (same windows) and with the cloud's full model where it scored them. Decisions are
         taken at `shadow_cut` for the shadow's scores and at `cut` for the others."""
-        return self._rows(
+        return cast(list[ShadowRow], self._rows(
             "SELECT s.gateway, s.asset, count(*) AS windows, "
             "min(s.seq) AS first_seq, max(s.seq) AS last_seq, "
             "avg(abs(s.probability - t.edge_probability)) AS mean_abs_diff_active, "
@@ -684,7 +866,7 @@ class SqliteStore:
             "  AND p.seq = s.seq AND p.error IS NULL "
             "WHERE s.model_version = :v AND t.edge_probability IS NOT NULL "
             "GROUP BY s.gateway, s.asset ORDER BY s.gateway, s.asset",
-            {"v": version, "sc": shadow_cut, "c": cut})
+            {"v": version, "sc": shadow_cut, "c": cut}))
 
     def update_rollout(self, rollout_id: str, state: str,
                        steps: dict[str, tuple[str, str | None]]) -> None:
@@ -698,3 +880,8 @@ class SqliteStore:
                 "WHERE rollout_id = ? AND gateway = ?",
                 [(step, reason, now, rollout_id, gw) for gw, (step, reason) in steps.items()])
 
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (ours hold no ';' inside literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]

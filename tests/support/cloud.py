@@ -1,5 +1,5 @@
-"""Helpers for tests and benchmarks: a small signed bundle with the real I/O contract, and the
-service's app served by uvicorn in a thread.
+"""Cloud helpers for tests and benchmarks: a small signed bundle with the real I/O contract,
+and the service's app served by uvicorn in a thread.
 
 The bundle's Keras model has the shape of the real one (input (batch, W, F), one output
 (batch, 2) = [probability, rul_fraction], unrolled LSTM layers) and a readable behaviour: the

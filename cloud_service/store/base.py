@@ -1,0 +1,201 @@
+"""The store's interface, split by who uses it, its errors, its URL and the migration rule.
+
+Callers depend on the narrowest part they need: ingest on `IngestStore`, the scorer on
+`ScoringStore`, the API on `FleetReader`, the model registry on `ModelStore`, rollouts on
+`RolloutStore`. `Store` is all of them plus what the service itself needs (health,
+retention, close). Both backends (`sqlite.py`, `postgres.py`) implement `Store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+from cloud_service.deadletters import DeadLetter
+from cloud_service.ownership import Membership, OwnedAsset
+from cloud_service.store.rows import (
+    AlertResume,
+    AssetKey,
+    AssetRow,
+    DeadLetterRow,
+    GatewayRow,
+    Inserted,
+    ModelRow,
+    Received,
+    ReportUpdate,
+    RolloutRow,
+    RolloutTargetRow,
+    ScoresStored,
+    ScoreWrite,
+    ShadowRow,
+    StatusUpdate,
+    StoredAlert,
+    StoredPrediction,
+    TargetRequest,
+    TickRow,
+    WindowTicks,
+)
+
+PARTITION_SECONDS = 86_400  # ticks and predictions are kept (and dropped) by day of tick time
+
+
+class StoreError(Exception):
+    """The store cannot be opened, reached or used as asked. Messages name the file, or the
+    host and database, never a password."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer, or rolled the transaction back (a deadlock, a lock held
+    too long): the same call may well succeed when tried again."""
+
+
+class ModelConflict(StoreError, ValueError):
+    """A model version is already registered with other content."""
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """A parsed `store.url`: `sqlite:///relative/path`, `sqlite:////absolute/path` or
+    `postgresql://user@host:port/database` (the password never comes from the URL)."""
+
+    scheme: str  # "sqlite" or "postgresql"
+    path: Path | None = None
+    host: str = "localhost"
+    port: int = 5432
+    user: str | None = None
+    database: str = ""
+    options: tuple[tuple[str, str], ...] = ()  # libpq parameters from the query string
+
+    def describe(self) -> str:
+        """Where the data lives, for messages and logs (no secret in it)."""
+        if self.scheme == "sqlite":
+            return f"SQLite file {self.path}"
+        who = f" as {self.user}" if self.user else ""
+        return f"PostgreSQL database {self.database!r} on {self.host}:{self.port}{who}"
+
+
+def parse_store_url(url: str) -> StoreUrl:
+    """Validate `store.url`; the StoreError says what is wrong and what a good one looks like."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        if parts.netloc:
+            raise StoreError(f"store.url {url!r}: a SQLite URL has no host; write "
+                             "sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        path = unquote(parts.path)[1:]  # sqlite:///x -> "x", sqlite:////x -> "/x"
+        if not path or path.endswith("/"):
+            raise StoreError(f"store.url {url!r} names no file; write sqlite:///var/cloud.db")
+        return StoreUrl("sqlite", path=Path(path))
+    if scheme in ("postgresql", "postgres"):
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            raise StoreError("store.url must not carry a password: put it in "
+                             "store.password_file or PDM_CLOUD_STORE__PASSWORD")
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise StoreError(f"store.url {url!r}: the port is not a number 1-65535") from None
+        database = unquote(parts.path.lstrip("/"))
+        if not parts.hostname or not database or "/" in database:
+            raise StoreError(f"store.url {url!r} needs a host and a database: "
+                             "postgresql://user@host:5432/database")
+        options = tuple((k, v[-1]) for k, v in parse_qs(parts.query).items())
+        return StoreUrl("postgresql", host=parts.hostname, port=port,
+                        user=unquote(parts.username) if parts.username else None,
+                        database=database, options=options)
+    raise StoreError(f"store.url {url!r}: the scheme must be sqlite or postgresql "
+                     "(sqlite:///var/cloud.db, postgresql://user@host:5432/database)")
+
+
+def check_schema_version(current: int, latest: int, where: str) -> range:
+    """The migrations to apply to a database at `current`; a database made by a newer
+    version of the service is refused, since this code would misread it."""
+    if current > latest:
+        raise StoreError(
+            f"{where} has schema version {current}, newer than this service knows ({latest}): "
+            "run the cloud service version that wrote it (or newer), or restore a backup")
+    return range(current + 1, latest + 1)
+
+
+# -- the interface, by caller ---------------------------------------------------------------
+
+class IngestStore(Protocol):
+    def write_ingest(self, batches: list[Received], statuses: list[StatusUpdate],
+                     dead: list[DeadLetter],
+                     reports: Sequence[ReportUpdate] = ()) -> list[Inserted]:
+        """Everything one group of MQTT messages carried, in one transaction; a tick already
+        stored (same gateway, asset, seq) is ignored."""
+        ...
+
+
+class ScoringStore(Protocol):
+    def tick_seqs(self, key: AssetKey, lo: int, hi: int) -> np.ndarray: ...
+    def predicted_seqs(self, key: AssetKey, lo: int, hi: int) -> set[int]: ...
+    def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]: ...
+    def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks: ...
+    def feature_set(self, feature_set_id: int) -> tuple[str, ...]: ...
+    def write_scores(self, write: ScoreWrite, owner: str | None = None) -> ScoresStored: ...
+    # Ownership (cloud_service/ownership.py): leases, claims and the owned assets' state.
+    def heartbeat(self, replica: str, token: str, lease: float) -> Membership: ...
+    def claim_assets(self, replica: str, limit: int) -> list[AssetKey]: ...
+    def release_assets(self, replica: str, keys: Iterable[AssetKey]) -> None: ...
+    def leave(self, replica: str, token: str) -> None: ...
+    def live_replicas(self, exclude: str | None = None) -> int: ...
+    def owned_assets(self, replica: str,
+                     seen_since: float | None = None) -> list[OwnedAsset]: ...
+    def asset_scores(self) -> dict[AssetKey, AlertResume]: ...
+
+
+class FleetReader(Protocol):
+    def gateways(self) -> list[GatewayRow]: ...
+    def assets(self, gateway: str | None = None) -> list[AssetRow]: ...
+    def asset(self, gateway: str, asset: str) -> AssetRow | None: ...
+    def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
+              since: float | None, until: float | None, limit: int) -> list[TickRow]: ...
+    def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
+                    limit: int) -> list[StoredPrediction]: ...
+    def alerts(self, gateway: str | None, asset: str | None, state: str | None,
+               since: float | None, after_id: int, limit: int) -> list[StoredAlert]: ...
+    def dead_letters(self, reason: str | None, after_id: int,
+                     limit: int) -> list[DeadLetterRow]: ...
+    def dead_letter_counts(self) -> dict[str, int]: ...
+    def shadow_report(self, version: str, shadow_cut: float,
+                      cut: float) -> list[ShadowRow]: ...
+
+
+class ModelStore(Protocol):
+    def models(self) -> list[ModelRow]: ...
+    def model(self, version: str) -> ModelRow | None: ...
+    def register_model(self, record: ModelRow) -> tuple[ModelRow, bool]: ...
+
+
+class RolloutStore(Protocol):
+    def gateways(self) -> list[GatewayRow]: ...
+    def model(self, version: str) -> ModelRow | None: ...
+    def create_rollout(self, rollout: RolloutRow, targets: list[TargetRequest]) -> None: ...
+    def rollouts(self) -> list[RolloutRow]: ...
+    def rollout(self, rollout_id: str) -> RolloutRow | None: ...
+    def rollout_targets(self, rollout_id: str) -> list[RolloutTargetRow]: ...
+    def update_rollout(self, rollout_id: str, state: str,
+                       steps: dict[str, tuple[str, str | None]]) -> None: ...
+
+
+class Store(IngestStore, ScoringStore, FleetReader, ModelStore, RolloutStore, Protocol):
+    """Everything, for the service that owns the store."""
+
+    where: str  # StoreUrl.describe(): for messages
+
+    def check_writable(self) -> None:
+        """Raise unless a write transaction commits now (readiness)."""
+        ...
+
+    def drop_before(self, cutoff: float) -> int:
+        """Retention: remove ticks and predictions whose tick time is before `cutoff`; the
+        number of rows (SQLite) or partitions (PostgreSQL) removed."""
+        ...
+
+    def close(self) -> None: ...

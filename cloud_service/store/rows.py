@@ -1,0 +1,297 @@
+"""Typed rows that cross the store's boundary.
+
+Writes and the scorer's reads are dataclasses. The API's reads are TypedDicts: they go
+straight into the pydantic response schemas (`schemas.Asset(**row)`), so a dict whose keys are
+checked by the type checker is both typed and free to convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, TypedDict
+
+import numpy as np
+
+from contract.payloads import GatewayStatus, UpdateReport, UplinkBatch
+
+AssetKey = tuple[str, str]
+
+
+# -- ingest --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Received:
+    """One decoded uplink batch and when it arrived."""
+
+    batch: UplinkBatch
+    received_at: float
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    status: GatewayStatus
+    received_at: float
+
+
+@dataclass(frozen=True)
+class ReportUpdate:
+    """A gateway's progress on a model update (`.../update`)."""
+
+    report: UpdateReport
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """What one uplink batch added: the seq range it covered and how many rows were new."""
+
+    key: AssetKey
+    first_seq: int
+    last_seq: int
+    new_rows: int
+    escalated: bool = False
+
+
+# -- scoring -------------------------------------------------------------------------------
+
+@dataclass
+class WindowTicks:
+    """Stored ticks of one asset over a seq range, as the scorer needs them."""
+
+    seqs: np.ndarray  # int64, sorted
+    times: np.ndarray  # float64
+    received_at: np.ndarray  # float64
+    feature_sets: np.ndarray  # int64
+    values: list[bytes]  # float32 little-endian rows, in their feature set's order
+    edge_probability: list[float | None]
+    edge_rul: list[float | None]
+    edge_model: list[str]
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    gateway: str
+    asset: str
+    seq: int
+    tick_time: float
+    probability: float | None
+    rul: float | None
+    edge_probability: float | None
+    edge_rul: float | None
+    diff: float | None
+    rul_diff: float | None
+    model_version: str
+    edge_model_version: str | None
+    scored_at: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    gateway: str
+    asset: str
+    seq: int
+    source: str
+    old_state: str
+    new_state: str
+    probability: float
+    rul: float | None
+    model_version: str
+    tick_time: float
+    published_at: float
+
+
+@dataclass(frozen=True)
+class AssetScore:
+    """The latest cloud judgement of one asset, kept so a restart resumes its alert state."""
+
+    key: AssetKey
+    seq: int
+    probability: float
+    rul: float | None
+    state: str
+    state_since: float
+    model_version: str
+    scored_at: float
+    pending: str | None = None  # the state the dwell is counting towards, and how far
+    pending_count: int = 0
+
+
+@dataclass
+class ScoreWrite:
+    predictions: list[PredictionRow] = field(default_factory=list)
+    alerts: list[AlertRow] = field(default_factory=list)
+    assets: list[AssetScore] = field(default_factory=list)
+
+
+def without_assets(write: ScoreWrite, keys: set[AssetKey]) -> ScoreWrite:
+    """The same scores less those of `keys` (assets another replica owns now)."""
+    return ScoreWrite(
+        predictions=[p for p in write.predictions if (p.gateway, p.asset) not in keys],
+        alerts=[a for a in write.alerts if (a.gateway, a.asset) not in keys],
+        assets=[a for a in write.assets if a.key not in keys])
+
+
+@dataclass(frozen=True)
+class ScoresStored:
+    """What a fenced score write did: assets refused (another replica owns them now) and
+    predictions that were already stored (a window scored twice; never expected)."""
+
+    refused: set[AssetKey]
+    duplicates: int
+
+
+class AlertResume(NamedTuple):
+    """Where an asset's cloud alert machine stood: state, the seq of the last window it was
+    fed, and since when the state holds (a tuple, so callers may unpack it)."""
+
+    state: str
+    seq: int
+    since: float | None
+
+
+# -- API reads (one key per stored column) -------------------------------------------------
+
+class GatewayRow(TypedDict):
+    gateway: str
+    online: int | None
+    status_time: float | None
+    first_seen: float | None
+    last_seen: float | None
+    model_version: str | None
+    agent_version: str | None
+    assets: int
+
+
+class AssetRow(TypedDict):
+    gateway: str
+    asset: str
+    first_seen: float | None
+    last_seen: float | None
+    last_seq: int | None
+    ticks: int
+    edge_seq: int | None
+    edge_probability: float | None
+    edge_rul: float | None
+    edge_model_version: str | None
+    cloud_seq: int | None
+    cloud_probability: float | None
+    cloud_rul: float | None
+    cloud_state: str | None
+    cloud_state_since: float | None
+    cloud_model_version: str | None
+    scored_at: float | None
+
+
+class TickRow(TypedDict):
+    seq: int
+    time: float
+    edge_probability: float | None
+    edge_rul: float | None
+    model_version: str | None
+    received_at: float | None
+    values: dict[str, float]
+
+
+class StoredPrediction(TypedDict):
+    gateway: str
+    asset: str
+    seq: int
+    tick_time: float | None
+    probability: float | None
+    rul: float | None
+    edge_probability: float | None
+    edge_rul: float | None
+    diff: float | None
+    rul_diff: float | None
+    model_version: str | None
+    edge_model_version: str | None
+    scored_at: float | None
+    error: str | None
+
+
+class StoredAlert(TypedDict):
+    id: int
+    gateway: str
+    asset: str
+    seq: int
+    source: str
+    old_state: str
+    new_state: str
+    probability: float | None
+    rul: float | None
+    model_version: str | None
+    tick_time: float | None
+    published_at: float
+
+
+class DeadLetterRow(TypedDict):
+    id: int
+    received_at: float
+    topic: str
+    gateway: str | None
+    reason: str
+    detail: str
+    size: int
+    payload: bytes | None
+
+
+class ModelRow(TypedDict):
+    version: str
+    created: str
+    registered_at: float
+    source: str
+    sha256: str
+    size: int
+    signature: str
+    path: str
+    tar_path: str
+    window: int
+    features: str  # JSON list
+    manifest: str  # JSON
+
+
+class RolloutRow(TypedDict):
+    id: str
+    version: str
+    action: str
+    state: str
+    created_at: float
+    updated_at: float
+    percent: float | None
+    requested: str  # JSON
+
+
+class RolloutTargetRow(TypedDict):
+    rollout_id: str
+    gateway: str
+    from_version: str | None
+    step: str
+    reason: str | None
+    updated_at: float | None
+    report_time: float | None
+
+
+class TargetRequest(TypedDict):
+    """One gateway a new rollout targets."""
+
+    gateway: str
+    from_version: str | None
+    step: str
+
+
+class ShadowRow(TypedDict):
+    gateway: str
+    asset: str
+    windows: int
+    first_seq: int
+    last_seq: int
+    mean_abs_diff_active: float
+    agreement_active: float
+    cloud_scored: int
+    mean_abs_diff_cloud: float | None
+    agreement_cloud: float | None
+    active_agreement_cloud: float | None
+    rul_rmse_cloud: float | None
+    active_rul_rmse_cloud: float | None
+    active_versions: str
