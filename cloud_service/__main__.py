@@ -1,3 +1,4 @@
 from cloud_service.cli import app
+from contract.cli import run_app
 
-app(prog_name="python -m cloud_service")
+run_app(app, "python -m cloud_service")

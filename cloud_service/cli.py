@@ -10,8 +10,10 @@ import typer
 
 from cloud_service import pki
 from cloud_service.config import ConfigError, load_config
+from contract.cli import HELP_OPTIONS
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=HELP_OPTIONS,
+                  pretty_exceptions_enable=False,
                   help="The fleet side: MQTT ingest, idempotent store, batched full-LSTM "
                        "scoring, alerts, REST API.")
 

@@ -10,7 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+from contract.cli import HELP_OPTIONS
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=HELP_OPTIONS,
+                  pretty_exceptions_enable=False,
                   help="Train the LSTM, quantize it for the edge, check parity, write signed "
                        "model bundles.")
 console = Console(stderr=True, width=None if os.isatty(2) else 140)
@@ -204,11 +207,15 @@ def keygen(
 ) -> None:
     """Create an Ed25519 signing key pair (PEM)."""
     from contract.bundle import generate_keypair, key_fingerprint
+    from contract.cli import describe_error
 
     for p in (private, public):
         if p.exists():
             raise _fail(f"{p} exists; refusing to overwrite a key")
-    generate_keypair(private, public)
+    try:
+        generate_keypair(private, public)
+    except OSError as exc:
+        raise _fail(f"cannot write the key pair: {describe_error(exc)}") from None
     console.print(f"wrote {private} (mode 600) and {public}; fingerprint "
                   f"{key_fingerprint(public)}")
 

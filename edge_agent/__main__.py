@@ -1,3 +1,4 @@
+from contract.cli import run_app
 from edge_agent.cli import app
 
-app(prog_name="python -m edge_agent")
+run_app(app, "python -m edge_agent")

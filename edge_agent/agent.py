@@ -21,7 +21,14 @@ from contract.manifest import Manifest
 from contract.ota import KeyRing
 from contract.payloads import AlertEvent, GatewayStatus, UplinkBatch
 from edge_agent import __version__
-from edge_agent.config import AgentConfig, CmapssSource, CsvSource, MqttSource
+from edge_agent.config import (
+    AgentConfig,
+    CmapssSource,
+    CsvSource,
+    ModbusSource,
+    MqttSource,
+    OpcUaSource,
+)
 from edge_agent.escalation import VerdictLedger
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, PendingBatch
@@ -98,12 +105,18 @@ class Agent:
         self.urgent = threading.Event()
         self.threads: list[threading.Thread] = []
         self.replays: list[threading.Thread] = []
+        self.pollers: list[threading.Thread] = []  # Modbus and OPC UA: they never end
 
         will = (topics.status(self.gateway), self._status(False))
         self.local: Transport = make_transport(cfg.broker, self._client_id("local"), will)
         same = cfg.uplink is None or cfg.uplink == cfg.broker
         self.uplink: Transport = self.local if same else make_transport(
-            cfg.uplink_broker, self._client_id("uplink"), will)
+            cfg.uplink_broker, self._client_id("uplink"), will, role="uplink")
+        for role, tr in (("broker", self.local), ("uplink", self.uplink)):
+            self.metrics.broker_up.labels(role).set_function(
+                lambda tr=tr: float(tr.connected.is_set()))
+            self.metrics.broker_down.labels(role).set_function(
+                lambda tr=tr: tr.outage.down_for)
         self._build_sources()
         self.updater = Updater(
             self.gateway, self.store, ota_policy(cfg),
@@ -149,19 +162,42 @@ class Agent:
             elif isinstance(src, MqttSource):
                 self.local.subscribe(topics.subscription("raw", self.gateway),
                                      mqtt_input.handler(self.emit, self.reject))
+            elif isinstance(src, ModbusSource):
+                from edge_agent.sources.modbus import ModbusPoller  # pymodbus only when used
+
+                name = f"modbus-{i}"
+                self.pollers.append(ModbusPoller(name, src, self.emit, self.stopping,
+                                                 *self._source_health(name)))
+            elif isinstance(src, OpcUaSource):
+                from edge_agent.sources.opcua import OpcUaReader  # asyncua only when used
+
+                name = f"opcua-{i}"
+                self.pollers.append(OpcUaReader(name, src, self.emit, self.stopping,
+                                                *self._source_health(name)))
+
+    def _source_health(self, name: str) -> tuple[Callable[[str, str], None],
+                                                  Callable[[bool], None]]:
+        """The callbacks an industrial source reports its failures and state through."""
+        self.metrics.source_up.labels(name).set(0)
+        return (lambda reason, detail: self.metrics.source_errors.labels(name, reason).inc(),
+                lambda ok: self.metrics.source_up.labels(name).set(1 if ok else 0))
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         if self.cfg.metrics_port is not None:
-            self.metrics.serve(self.cfg.metrics_port)
+            try:
+                self.metrics.serve(self.cfg.metrics_port)
+            except OSError as exc:
+                raise OSError(exc.errno, f"metrics port {self.cfg.metrics_port}: "
+                                         f"{exc.strerror}") from None
         self.local.start()
         if self.uplink is not self.local:
             self.uplink.start()
         sender = threading.Thread(target=self._send_loop, name="uplink", daemon=True)
         sender.start()
         self.updater.start()
-        self.threads += [sender, self.updater]
-        for r in self.replays:
+        self.threads += [sender, self.updater, *self.pollers]
+        for r in self.replays + self.pollers:
             r.start()
         log.info("agent %s started: model %s (%s via %s), %d source(s)", self.gateway,
                  self.manifest.version, self.manifest.edge.quantization, self.scorer.runtime,
@@ -173,6 +209,11 @@ class Agent:
     def drained(self) -> bool:
         return (self.replays_done() and self.queue.empty() and not self.pipeline.holding()
                 and self.outbox.depth() == 0)
+
+    def unreached_brokers(self) -> list[str]:
+        """The links (host:port) never connected since the start."""
+        transports = {id(self.local): self.local, id(self.uplink): self.uplink}.values()
+        return [t.outage.link for t in transports if not t.ever_connected]
 
     def stop(self) -> None:
         self.stopping.set()
@@ -342,10 +383,12 @@ class Agent:
         self.metrics.alerts.labels(event.new_state.value).inc()
         self.metrics.alert_latency.observe(latency)
         self.urgent.set()
-        log.info("alert %s %s -> %s p=%.3f rul=%.0f seq=%d latency=%.1fms%s", p.tick.asset,
+        log.info("alert %s %s -> %s p=%.3f rul=%.0f seq=%d latency=%.1fms%s%s", p.tick.asset,
                  event.old_state.value, event.new_state.value, event.probability,
                  event.rul or 0, event.seq, event.latency_ms,
-                 " (on the cloud's verdict)" if p.basis == "cloud" else "")
+                 " (on the cloud's verdict)" if p.basis == "cloud" else "",
+                 "" if self.local.connected.is_set() else
+                 " (not delivered yet: the broker is unreachable)")
 
     # --- uplink --------------------------------------------------------------------------
     def _send_loop(self) -> None:

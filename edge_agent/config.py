@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from contract.manifest import Thresholds
 from contract.settings import ConfigError as ConfigError  # re-exported for callers
@@ -49,7 +48,92 @@ class MqttSource(Section):
     type: Literal["mqtt"]
 
 
-Source = Annotated[CmapssSource | CsvSource | MqttSource, Field(discriminator="type")]
+ModbusDataType = Literal["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64",
+                         "float64"]
+
+
+class ModbusRegister(Section):
+    """Where one feature lives in a PLC; its value is `raw * scale + offset`."""
+
+    address: int = Field(ge=0, le=65535, description="first register, 0-based as on the wire")
+    register_type: Literal["holding", "input"] = "holding"
+    data_type: ModbusDataType = "uint16"
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+def _asset_id(v: str) -> str:
+    try:
+        return check_id(v, "asset")
+    except ValueError as exc:  # ContractError is a ValueError: pydantic reports it by key
+        raise ValueError(str(exc)) from None
+
+
+AssetId = Annotated[str, AfterValidator(_asset_id)]
+
+
+class ModbusAsset(Section):
+    asset: AssetId
+    unit_id: int = Field(1, ge=0, le=255, description="the Modbus unit (slave) id of the asset")
+
+
+class ModbusSource(Section):
+    """Polls a Modbus TCP server (a PLC or a gateway to RTU devices): one reading per asset
+    per poll, the same register map read from each asset's unit id."""
+
+    type: Literal["modbus"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    poll_interval: float = Field(1.0, gt=0, description="seconds between two polls")
+    timeout: float = Field(2.0, gt=0, description="seconds to wait for one response")
+    word_order: Literal["big", "little"] = Field(
+        "big", description="order of the 16-bit words of 32/64-bit values")
+    registers: dict[str, ModbusRegister] = Field(
+        min_length=1, description="feature name -> register")
+    assets: list[ModbusAsset] = Field(min_length=1)
+    max_backoff: float = Field(30.0, gt=0, description="longest pause between reconnections")
+
+
+class OpcUaAsset(Section):
+    asset: AssetId
+    nodes: dict[str, str] = Field(
+        min_length=1, description="feature name -> node id (e.g. ns=2;s=Pump1.Pressure)")
+
+
+class OpcUaSource(Section):
+    """Reads OPC UA variables, by subscription (the server pushes changes) or by polling;
+    either way one reading per asset per `interval`, with the latest value of every node."""
+
+    type: Literal["opcua"]
+    url: str = Field(pattern=r"^opc\.tcp://", description="opc.tcp://host:port/path")
+    mode: Literal["subscription", "polling"] = "subscription"
+    interval: float = Field(1.0, gt=0, description="seconds between readings (and the "
+                                                   "subscription's publishing interval)")
+    timeout: float = Field(4.0, gt=0, description="seconds to wait for the server")
+    security_policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep",
+                             "Aes256_Sha256_RsaPss"] = "None"
+    security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: Path | None = Field(None, description="this client's certificate (DER or PEM)")
+    private_key: Path | None = None
+    server_certificate: Path | None = Field(
+        None, description="the server's certificate, pinned; default: the one it presents")
+    username: str | None = None
+    password: SecretStr | None = None
+    assets: list[OpcUaAsset] = Field(min_length=1)
+    max_backoff: float = Field(30.0, gt=0, description="longest pause between reconnections")
+
+    @model_validator(mode="after")
+    def _security(self) -> OpcUaSource:
+        if self.security_policy != "None" and not (self.certificate and self.private_key):
+            raise ValueError(f"security_policy {self.security_policy} needs certificate and "
+                             "private_key")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key must be given together")
+        return self
+
+
+Source = Annotated[CmapssSource | CsvSource | MqttSource | ModbusSource | OpcUaSource,
+                   Field(discriminator="type")]
 
 
 class BundleConfig(Section):
@@ -114,8 +198,8 @@ class LogConfig(Section):
 
 
 class AgentConfig(FileSettings):
-    model_config = SettingsConfigDict(env_prefix="PDM_AGENT_", env_nested_delimiter="__",
-                                      extra="forbid")
+    model_config = ConfigDict(extra="forbid")
+    env_prefix: ClassVar[str] = "PDM_AGENT_"
 
     gateway_id: str = Field(description="this gateway's id in every topic")
     broker: BrokerConfig = BrokerConfig()

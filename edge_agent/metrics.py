@@ -31,6 +31,18 @@ class AgentMetrics:
         self.uplinked = Counter("pdm_edge_uplink_ticks", "Ticks acknowledged by the uplink broker",
                                 registry=r)
         self.reconnects = Gauge("pdm_edge_reconnects", "Reconnections to the brokers", registry=r)
+        self.broker_up = Gauge("pdm_edge_broker_up", "1 while connected, 0 while the broker is "
+                               "unreachable, by role (broker: local, uplink: the cloud's)",
+                               ["role"], registry=r)
+        self.broker_down = Gauge("pdm_edge_broker_down_seconds", "How long the broker has been "
+                                 "unreachable (0 while connected)", ["role"], registry=r)
+        self.source_up = Gauge("pdm_edge_source_up", "1 while an industrial source (Modbus, "
+                               "OPC UA) reads its device, 0 while it cannot", ["source"],
+                               registry=r)
+        self.source_errors = Counter("pdm_edge_source_errors", "Failed reads of industrial "
+                                     "sources, by source and reason (connect, timeout, "
+                                     "exception, bad_value, ...)", ["source", "reason"],
+                                     registry=r)
         self.escalations = Counter("pdm_edge_escalations", "Windows sent to the cloud for a "
                                    "verdict, by reason", ["reason"], registry=r)
         self.verdicts = Counter("pdm_edge_cloud_verdicts", "Cloud verdicts on escalated windows: "

@@ -78,6 +78,9 @@ class Outbox:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash
+        # Pending ticks are read back soon after they are written: a 512 KiB page cache serves
+        # that as well as the 2 MiB default, and the agent's memory budget is tight.
+        conn.execute("PRAGMA cache_size=-512")
         self.conn = conn
         self._lock = threading.Lock()
         self.max_bytes = max_bytes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from edge_agent.config import BrokerConfig
+from edge_agent.health import OutageLog
 
 log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], None]
@@ -25,6 +27,8 @@ class Published(Protocol):
 class Transport(Protocol):
     connected: threading.Event
     reconnects: int
+    outage: OutageLog  # failures logged at ERROR, first and then periodically
+    ever_connected: bool
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -34,10 +38,11 @@ class Transport(Protocol):
 
 
 def make_transport(cfg: BrokerConfig, client_id: str,
-                   will: tuple[str, bytes] | None = None) -> Transport:
+                   will: tuple[str, bytes] | None = None, role: str = "broker") -> Transport:
+    """`role` names the link in the log ("broker", "uplink")."""
     if cfg.transport == "aws-iot":
-        return AwsIotTransport(cfg, client_id, will)
-    return PahoTransport(cfg, client_id, will)
+        return AwsIotTransport(cfg, client_id, will, role)
+    return PahoTransport(cfg, client_id, will, role)
 
 
 class _PahoPublished:
@@ -60,12 +65,14 @@ class _PahoPublished:
 
 class PahoTransport:
     def __init__(self, cfg: BrokerConfig, client_id: str,
-                 will: tuple[str, bytes] | None = None) -> None:
+                 will: tuple[str, bytes] | None = None, role: str = "broker") -> None:
         import paho.mqtt.client as mqtt
 
         self.cfg = cfg
         self.connected = threading.Event()
         self.reconnects = 0
+        self.outage = OutageLog(log, f"{role} {cfg.host}:{cfg.port}")
+        self._stopping = False
         self._subs: dict[str, tuple[int, MessageHandler]] = {}
         self._mqtt = mqtt
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -85,16 +92,18 @@ class PahoTransport:
         if will:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         self.client = c
-        self._ever_connected = False
+        self.ever_connected = False
 
     def start(self) -> None:
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()
@@ -109,21 +118,27 @@ class PahoTransport:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port,
-                        reason_code)
+            self.outage.failed(f"the broker refused the connection ({reason_code})")
             return
-        if self._ever_connected:
+        if self.ever_connected:
             self.reconnects += 1
-        self._ever_connected = True
-        log.info("connected to broker %s:%d", self.cfg.host, self.cfg.port)
+        self.ever_connected = True
+        self.outage.recovered()
+        log.info("connected to %s", self.outage.link)
         for topic_filter, (qos, _) in self._subs.items():
             client.subscribe(topic_filter, qos=qos)
         self.connected.set()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this from inside its `except OSError`: the exception is the reason.
+        exc = sys.exc_info()[1]
+        self.outage.failed(describe_os_error(exc) if exc else "connection failed")
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected.is_set():
-            log.warning("lost broker %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port,
-                        reason_code)
+        if self._stopping:
+            log.info("disconnected from %s", self.outage.link)
+        elif self.connected.is_set():
+            self.outage.failed(f"connection lost ({reason_code}); reconnecting")
         self.connected.clear()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -133,6 +148,18 @@ class PahoTransport:
                     handler(msg.topic, msg.payload)
                 except Exception:
                     log.exception("handler for %s failed", msg.topic)
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A socket or TLS error in a few words ("connection refused", "TLS:
+    CERTIFICATE_VERIFY_FAILED")."""
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
 
 
 class _FuturePublished:
@@ -151,7 +178,7 @@ class AwsIotTransport:
     """AWS IoT Core (or any broker with mutual TLS) through awsiotsdk's MQTT 5 client."""
 
     def __init__(self, cfg: BrokerConfig, client_id: str,
-                 will: tuple[str, bytes] | None = None) -> None:
+                 will: tuple[str, bytes] | None = None, role: str = "broker") -> None:
         from awscrt import mqtt5
         from awsiot import mqtt5_client_builder
 
@@ -160,7 +187,9 @@ class AwsIotTransport:
         self.cfg = cfg
         self.connected = threading.Event()
         self.reconnects = 0
-        self._ever_connected = False
+        self.outage = OutageLog(log, f"{role} {cfg.host}:{cfg.port} (aws-iot)")
+        self._stopping = False
+        self.ever_connected = False
         self._subs: dict[str, tuple[int, MessageHandler]] = {}
         self._mqtt5 = mqtt5
         kwargs = {}
@@ -184,6 +213,7 @@ class AwsIotTransport:
         self.client.start()
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.stop()
         self.connected.clear()
 
@@ -203,21 +233,25 @@ class AwsIotTransport:
             subscriptions=[m.Subscription(topic_filter=topic_filter, qos=m.QoS(qos))]))
 
     def _on_success(self, data) -> None:
-        if self._ever_connected:
+        if self.ever_connected:
             self.reconnects += 1
-        self._ever_connected = True
-        log.info("connected to %s:%d (aws-iot)", self.cfg.host, self.cfg.port)
+        self.ever_connected = True
+        self.outage.recovered()
+        log.info("connected to %s", self.outage.link)
         for topic_filter, (qos, _) in self._subs.items():
             self._send_subscribe(topic_filter, qos)
         self.connected.set()
 
     def _on_failure(self, data) -> None:
-        log.warning("connection to %s:%d failed: %s", self.cfg.host, self.cfg.port,
-                    getattr(data, "exception", data))
+        self.outage.failed(str(getattr(data, "exception", data)))
 
     def _on_disconnection(self, data) -> None:
         self.connected.clear()
-        log.warning("lost %s:%d; reconnecting", self.cfg.host, self.cfg.port)
+        if self._stopping:
+            log.info("disconnected from %s", self.outage.link)
+        else:
+            self.outage.failed(f"connection lost ({getattr(data, 'exception', data)}); "
+                               "reconnecting")
 
     def _on_publish_received(self, data) -> None:
         import paho.mqtt.client as mqtt  # topic matching only

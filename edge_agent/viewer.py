@@ -13,6 +13,11 @@ from contract import codec, topics
 from contract.errors import ContractError
 from contract.payloads import AlertEvent, AssetState
 
+
+class ViewerError(Exception):
+    """The viewer cannot run (the broker cannot be reached); the message says why."""
+
+
 COLOURS = {"NORMAL": "green", "WARNING": "yellow", "CRITICAL": "bold red"}
 
 
@@ -66,7 +71,13 @@ def watch(host: str, port: int, gateway: str = "+", seconds: float | None = None
             board.feed(msg.topic, msg.payload)
 
     client.on_connect, client.on_message = on_connect, on_message
-    client.connect(host, port)
+    try:
+        client.connect(host, port)
+    except (OSError, ValueError) as exc:
+        from edge_agent.transport import describe_os_error
+
+        raise ViewerError(f"cannot connect to the broker at {host}:{port}: "
+                          f"{describe_os_error(exc)}") from None
     client.loop_start()
     deadline = None if seconds is None else time.monotonic() + seconds
     try:

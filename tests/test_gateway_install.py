@@ -24,6 +24,7 @@ def test_install_dry_run_lays_out_venv_config_and_unit(tmp_path):
     # the venv holds the edge extra and no TensorFlow
     py = root / "opt/pdm-agent/venv/bin/python"
     probe = subprocess.run([str(py), "-c", "import ai_edge_litert, paho.mqtt, edge_agent\n"
+                            "import pymodbus, asyncua  # industrial sources\n"
                             "import importlib.util as u; print(u.find_spec('tensorflow'))"],
                            capture_output=True, text=True)
     assert probe.stdout.strip() == "None", probe.stderr
