@@ -436,8 +436,10 @@ class Scorer:
         inputs: list[np.ndarray] = []
         plan: list[tuple[AssetKey, WindowTicks, list[int], list[int]]] = []
         unusable: list[tuple[AssetKey, WindowTicks, int, str]] = []
+        ticks_of = self.store.windows_ticks(
+            [(key, ends[0] - w + 1, ends[-1]) for key, ends in taken.items()])
         for key, ends in taken.items():
-            t = self.store.window_ticks(key, ends[0] - w + 1, ends[-1])
+            t = ticks_of[key]
             rows, problems = self._rows_in_model_order(t)
             good: list[int] = []
             positions: list[int] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -203,11 +204,16 @@ def check_environment(model: type[BaseModel], prefix: str, delimiter: str,
 _SECRET_WORDS = ("password", "token", "secret", "private")
 
 
+# The password part of a URL (scheme://user:password@host), wherever a URL is given.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*(?=@)")
+
+
 def _shown(key: str, value: Any) -> str:
-    """A bad value as the error shows it: secrets never, long values shortened."""
+    """A bad value as the error shows it: secrets never (nor a password inside a URL), long
+    values shortened."""
     if any(word in key.lower() for word in _SECRET_WORDS):
         return "'**********'"
-    text = repr(value)
+    text = _URL_PASSWORD.sub(r"\g<head>**********", repr(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 

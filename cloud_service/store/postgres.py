@@ -173,6 +173,20 @@ def _partition_name(table: str, day: int) -> str:
     return f"{table}_d{day}" if day >= 0 else f"{table}_dm{-day}"
 
 
+def _window_ticks(rows: Sequence[tuple]) -> WindowTicks:
+    """(seq, time, received_at, feature_set, vals, edge p, edge RUL, model) rows, by seq."""
+    return WindowTicks(
+        seqs=np.array([r[0] for r in rows], np.int64),
+        times=np.array([r[1] for r in rows], np.float64),
+        received_at=np.array([r[2] if r[2] is not None else r[1] for r in rows], np.float64),
+        feature_sets=np.array([r[3] for r in rows], np.int64),
+        values=[bytes(r[4]) for r in rows],
+        edge_probability=[r[5] for r in rows],
+        edge_rul=[r[6] for r in rows],
+        edge_model=[r[7] for r in rows],
+    )
+
+
 class PostgresStore:
     def __init__(self, url: StoreUrl, password: str | None = None, pool_size: int = 8,
                  connect_timeout: float = 10.0, pool_timeout: float = 10.0) -> None:
@@ -588,21 +602,28 @@ class PostgresStore:
             yield key, np.asarray(seqs, np.int64)
 
     def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks:
+        return self.windows_ticks([(key, lo, hi)])[key]
+
+    def windows_ticks(self, ranges: Sequence[tuple[AssetKey, int, int]]
+                      ) -> dict[AssetKey, WindowTicks]:
+        """The ticks of many assets' seq ranges in one query: a scoring batch spans hundreds
+        of assets, and a round trip each would cost more than the model."""
+        if not ranges:
+            return {}
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT seq, time, received_at, feature_set, vals, edge_probability, edge_rul, "
-                "model_version FROM ticks WHERE gateway = %s AND asset = %s "
-                "AND seq BETWEEN %s AND %s ORDER BY seq", (*key, lo, hi)).fetchall()
-        return WindowTicks(
-            seqs=np.array([r[0] for r in rows], np.int64),
-            times=np.array([r[1] for r in rows], np.float64),
-            received_at=np.array([r[2] if r[2] is not None else r[1] for r in rows], np.float64),
-            feature_sets=np.array([r[3] for r in rows], np.int64),
-            values=[bytes(r[4]) for r in rows],
-            edge_probability=[r[5] for r in rows],
-            edge_rul=[r[6] for r in rows],
-            edge_model=[r[7] for r in rows],
-        )
+                "SELECT t.gateway, t.asset, t.seq, t.time, t.received_at, t.feature_set, t.vals, "
+                "t.edge_probability, t.edge_rul, t.model_version "
+                "FROM unnest(%s::text[], %s::text[], %s::int8[], %s::int8[]) "
+                "AS r(gateway, asset, lo, hi) JOIN ticks t ON t.gateway = r.gateway "
+                "AND t.asset = r.asset AND t.seq BETWEEN r.lo AND r.hi "
+                "ORDER BY t.gateway, t.asset, t.seq",
+                ([k[0] for k, _, _ in ranges], [k[1] for k, _, _ in ranges],
+                 [lo for _, lo, _ in ranges], [hi for _, _, hi in ranges])).fetchall()
+        grouped: dict[AssetKey, list[tuple]] = {key: [] for key, _, _ in ranges}
+        for r in rows:
+            grouped[(r[0], r[1])].append(r[2:])
+        return {key: _window_ticks(found) for key, found in grouped.items()}
 
     def feature_set(self, feature_set_id: int) -> tuple[str, ...]:
         known = self._feature_names.get(feature_set_id)
