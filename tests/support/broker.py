@@ -53,10 +53,13 @@ class Mosquitto:
     """Start, stop and restart one mosquitto process with its own config and persistence.
 
     `shipped_pki`: run the shipped deploy/docker/mosquitto config (mutual TLS, ACL) with the
-    certificates `python -m cloud_service pki init` wrote there, instead of the plain one."""
+    certificates `python -m cloud_service pki init` wrote there, instead of the plain one.
+    `save_every_change`: persist after every change (what survives a SIGKILL of the broker, for
+    the fault tests); off, the broker saves once a minute, as brokers are usually run, and a
+    long queue does not cost it a full save per message (the benchmarks)."""
 
     def __init__(self, workdir: Path, tls: TlsFiles | None = None, port: int | None = None,
-                 shipped_pki: Path | None = None):
+                 shipped_pki: Path | None = None, save_every_change: bool = True):
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise RuntimeError("mosquitto is not installed (apt-get install -y mosquitto)")
@@ -74,8 +77,8 @@ class Mosquitto:
             "allow_anonymous true",
             "persistence true",
             f"persistence_location {workdir / 'data'}/",
-            "autosave_interval 1",
-            "autosave_on_changes true",
+            *(["autosave_interval 1", "autosave_on_changes true"] if save_every_change
+              else ["autosave_interval 60"]),
             # The default of 1000 silently drops QoS 1 messages to a slow subscriber.
             "max_queued_messages 1000000",
             "max_inflight_messages 100",
