@@ -64,6 +64,8 @@ BatchModel = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 Publish = Callable[[str, bytes], object]
 # How far behind its frontier a takeover or a scan looks for windows completed late.
 LOOKBACK_TICKS = 256
+# Windows of one asset taken together when it has a backlog (they share their ticks).
+RUN_OF_WINDOWS = 16
 # Owned assets are scanned for ticks stored by other replicas; a full scan now and then also
 # catches a batch committed long after it was received.
 FULL_SCAN_EVERY = 10.0
@@ -332,7 +334,7 @@ class Scorer:
                 self._expand()
         if not len(self.pending):
             return 0
-        taken = self.pending.take(self.batch_max)
+        taken = self.pending.take(self.batch_max, min_run=RUN_OF_WINDOWS)
         self._in_flight = sum(len(v) for v in taken.values())
         try:
             return self._score(taken)

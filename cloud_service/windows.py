@@ -116,13 +116,16 @@ class PendingWindows:
     def contains(self, key: AssetKey, seq: int) -> bool:
         return seq in self._by_asset.get(key, ())
 
-    def take(self, limit: int) -> dict[AssetKey, list[int]]:
-        """Up to `limit` windows, lowest seqs first within each asset."""
+    def take(self, limit: int, min_run: int = 1) -> dict[AssetKey, list[int]]:
+        """Up to `limit` windows, lowest seqs first within each asset, at least `min_run` of
+        an asset's at a time where it has them: consecutive windows share all but one tick,
+        so a backlog is read from the store far more cheaply in runs than one window per
+        asset."""
         taken: dict[AssetKey, list[int]] = {}
         if not self._count or limit <= 0:
             return taken
         keys = list(self._by_asset)
-        share = max(1, limit // len(keys))
+        share = max(1, min_run, limit // len(keys))
         left = limit
         while left > 0 and self._by_asset:
             for key in keys:

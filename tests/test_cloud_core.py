@@ -110,6 +110,10 @@ def test_pending_windows_are_taken_across_assets_lowest_seq_first():
     assert len(p) == 93
     rest = p.take(1000)
     assert rest[("g", "a")] == list(range(17, 110)) and len(p) == 0
+    for key in (("g", "a"), ("g", "b"), ("g", "c")):
+        p.add(key, range(100))
+    runs = p.take(30, min_run=16)  # a backlog goes in runs: two assets, not ten windows each
+    assert [len(v) for v in runs.values()] == [16, 14] and len(p) == 270
 
 
 # -- decoding and dead letters ---------------------------------------------------------------
