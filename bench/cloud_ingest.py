@@ -512,7 +512,7 @@ def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
 
 
 def main(stores: list[str] | None = None, replicas: list[int] | None = None,
-         kill_after: float | None = None, copies: int = 4, store_url: str | None = None,
+         kill_after: float | None = None, copies: int = 12, store_url: str | None = None,
          json_path: Path | None = None, opts: Options | None = None,
          extra_killed_run: bool = True) -> list[RunRecord]:
     """The runs asked for; without arguments (`make bench`): both stores with 1 and 2
@@ -635,7 +635,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart-after", type=float, default=5.0, metavar="SECONDS",
                         help="start the killed replica again this long after (-1: never; its "
                         "in-flight messages then stay with its broker session)")
-    parser.add_argument("--copies", type=int, default=4, help="copies of the 100 test engines")
+    parser.add_argument("--copies", type=int, default=12, help="copies of the 100 test engines")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the runs here")
     parser.add_argument("--ready-timeout", type=float, default=600,
                         help="seconds the replicas may take to become ready")
