@@ -278,9 +278,9 @@ class Scorer:
                 elif row.last_seq >= frontier:
                     self._dirty[key].append((frontier, row.last_seq))
             for key in self._hole_since:
-                frontier = self._next_end.get(key)
-                if frontier is not None and key in self._last_seq:
-                    self._dirty[key].append((frontier, max(frontier, self._last_seq[key])))
+                held_end = self._next_end.get(key)
+                if held_end is not None and key in self._last_seq:
+                    self._dirty[key].append((held_end, max(held_end, self._last_seq[key])))
         self._last_scan = now
         self._next_scan = now + self.scan_interval
         if full:
