@@ -49,9 +49,12 @@ MAX_TIME = 1e11  # epoch seconds (year 5138): bounds the float filters to finite
 DOCS_ASSETS = "/docs-assets"  # swagger-ui and redoc files, served from the fastapi-offline package
 _bearer = HTTPBearer(auto_error=False, description="the service's api_token (every route) or "
                                                     "api.read_token (reads)")
-UNAUTHORIZED = {401: {"model": schemas.Problem, "description": "missing or wrong bearer token"}}
-INVALID = {422: {"model": schemas.ValidationProblem,
-                 "description": "the request does not match its schema, or is refused"}}
+# FastAPI's `responses`: extra OpenAPI responses per status code.
+Responses = dict[int | str, dict[str, Any]]
+UNAUTHORIZED: Responses = {401: {"model": schemas.Problem,
+                                 "description": "missing or wrong bearer token"}}
+INVALID: Responses = {422: {"model": schemas.ValidationProblem,
+                            "description": "the request does not match its schema, or is refused"}}
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
@@ -368,9 +371,9 @@ def _weighted(rows: Sequence[Mapping[str, Any]], key: str, weight: str) -> float
 
 
 RolloutId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,64}$", description="rollout id")]
-NOT_JSON = {400: {"model": schemas.Problem, "description": "the body cannot be parsed"}}
-ROLLOUT_ERRORS = {**UNAUTHORIZED, 404: {"model": schemas.Problem},
-                  409: {"model": schemas.Problem}, 503: {"model": schemas.Problem}}
+NOT_JSON: Responses = {400: {"model": schemas.Problem, "description": "the body cannot be parsed"}}
+ROLLOUT_ERRORS: Responses = {**UNAUTHORIZED, 404: {"model": schemas.Problem},
+                              409: {"model": schemas.Problem}, 503: {"model": schemas.Problem}}
 
 
 def _base_url(request: Request) -> str:

@@ -136,7 +136,10 @@ class Consumer:
                         protocol=mqtt.MQTTv5, manual_ack=True)
         c.manual_ack_set(True)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(min_delay=b.reconnect_min_delay, max_delay=b.reconnect_max_delay)
+        # paho annotates the delays as int, but it only compares, doubles and sleeps on them:
+        # the fractional seconds our config allows work as given.
+        c.reconnect_delay_set(min_delay=b.reconnect_min_delay,  # type: ignore[arg-type]
+                              max_delay=b.reconnect_max_delay)  # type: ignore[arg-type]
         if b.username:
             c.username_pw_set(b.username, b.password.get_secret_value() if b.password else None)
         if b.tls.enabled:

@@ -110,7 +110,7 @@ def _issue(ca_cert: x509.Certificate | None, ca_key: ec.EllipticCurvePrivateKey 
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     is_ca = ca_cert is None
-    issuer = _name(common_name) if is_ca else ca_cert.subject
+    issuer = _name(common_name) if ca_cert is None else ca_cert.subject
     builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                # A little slack for gateways whose clock is slightly behind.
@@ -127,9 +127,13 @@ def _issue(ca_cert: x509.Certificate | None, ca_key: ec.EllipticCurvePrivateKey 
         builder = builder.add_extension(x509.SubjectAlternativeName(_subject_alt_names(hosts)),
                                         critical=False)
     if ca_cert is not None:
+        ca_public = ca_cert.public_key()
+        # The CA signs with its EC key (`_load_ca` checks it), so its certificate holds the
+        # matching EC public key; anything else is a CA folder whose files do not belong together.
+        if not isinstance(ca_public, ec.EllipticCurvePublicKey):
+            raise PkiError("the CA certificate does not hold an EC public key")
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
-            critical=False)
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False)
     signer = key if ca_key is None else ca_key
     return builder.sign(signer, hashes.SHA256()), key
 

@@ -82,7 +82,7 @@ class Rollouts:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def create(self, version: str, gateways: list[str] | None, percent: float | None,
+    def create(self, version: str, gateways: Sequence[str] | None, percent: float | None,
                base_url: str, action: str = "install") -> dict:
         self._check_signing()
         if not is_version(version):

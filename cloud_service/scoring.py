@@ -257,8 +257,9 @@ class Scorer:
         """Queue work for owned assets whose rows changed since the last scan (ticks stored
         by any replica), and re-check assets held back by a hole."""
         now = self.clock()
-        full = now >= self._next_full_scan or self._last_scan is None
-        since = None if full else self._last_scan - SCAN_MARGIN
+        last_scan = self._last_scan
+        full = now >= self._next_full_scan or last_scan is None
+        since = None if full or last_scan is None else last_scan - SCAN_MARGIN
         rows = self.store.owned_assets(self.replica, seen_since=since)
         with self._cond:
             for row in rows:
@@ -277,9 +278,9 @@ class Scorer:
                 elif row.last_seq >= frontier:
                     self._dirty[key].append((frontier, row.last_seq))
             for key in self._hole_since:
-                frontier = self._next_end.get(key)
-                if frontier is not None and key in self._last_seq:
-                    self._dirty[key].append((frontier, max(frontier, self._last_seq[key])))
+                held_end = self._next_end.get(key)
+                if held_end is not None and key in self._last_seq:
+                    self._dirty[key].append((held_end, max(held_end, self._last_seq[key])))
         self._last_scan = now
         self._next_scan = now + self.scan_interval
         if full:

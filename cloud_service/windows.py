@@ -142,8 +142,8 @@ class PendingWindows:
                 if left <= 0:
                     break
             keys = list(self._by_asset)
-        for seqs in taken.values():
-            seqs.sort()
+        for chosen_seqs in taken.values():
+            chosen_seqs.sort()
         return taken
 
 

@@ -55,7 +55,9 @@ def load_public_key(key: PublicKeyLike) -> Ed25519PublicKey:
     if isinstance(key, Ed25519PublicKey):
         return key
     where = "public key"
-    if isinstance(key, (str, os.PathLike)) and not str(key).lstrip().startswith("-----"):
+    # A path-like is always a file; a str is a file unless it is the PEM text itself.
+    if isinstance(key, os.PathLike) or (isinstance(key, str)
+                                        and not key.lstrip().startswith("-----")):
         where = f"public key {key}"
         try:
             key = Path(key).read_bytes()

@@ -60,6 +60,8 @@ def encode_uplink(batch: UplinkBatch) -> bytes:
         "e": batch.escalated,
     }
     if batch.shadow_version is not None:
+        # UplinkBatch's validator admits the three shadow fields only together.
+        assert batch.shadow_probability is not None and batch.shadow_rul is not None
         body["sv"] = batch.shadow_version
         body["sp"] = batch.shadow_probability.astype("<f4").tobytes()
         body["sr"] = batch.shadow_rul.astype("<f4").tobytes()

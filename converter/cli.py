@@ -124,13 +124,13 @@ def train(
 def _choose_window(windows, prepare, cfg, horizon, rul_cap, seed) -> int:
     from converter.model import train as fit
 
-    scores = {}
+    scores: dict[int, float] = {}
     for w in windows:
         p = prepare(w)
         result = fit(p.train, p.val, horizon, rul_cap, cfg, seed, verbose=0)
         scores[w] = min(result.history["val_loss"])
         console.log(f"window {w}: best validation loss {scores[w]:.4f}")
-    best = min(scores, key=scores.get)
+    best = min(scores, key=scores.__getitem__)
     console.log(f"chose window {best}")
     return best
 

@@ -48,7 +48,7 @@ class LiteModel:
             self.interp = Interpreter(model_path=str(model), num_threads=num_threads)
         self.input = self.interp.get_input_details()[0]
         self.output = self.interp.get_output_details()[0]
-        self._batch = None
+        self._batch: int | None = None
 
     def _resize(self, batch: int) -> None:
         if self._batch != batch:

@@ -54,6 +54,13 @@ class Candidate:
             return f"conversion failed: {self.error}"
         return str(self.report.gate)
 
+    @property
+    def measured(self) -> ModelReport:
+        """The report of a mode that converted: only those can pass the gate and be chosen."""
+        if self.report is None:
+            raise GateError(f"mode {self.mode} has no edge model: {self.verdict}")
+        return self.report
+
 
 @dataclass
 class Built:
@@ -119,7 +126,7 @@ def choose(candidates: list[Candidate], requested: str) -> Candidate:
     if not passing:
         raise GateError("no edge model passes the parity gate: " + "; ".join(
             f"{c.mode}: {c.verdict}" for c in candidates))
-    return min(passing, key=lambda c: c.report.invoke_us)
+    return min(passing, key=lambda c: c.measured.invoke_us)
 
 
 def _metrics_entry(report: ModelReport) -> dict[str, float]:
@@ -141,7 +148,7 @@ def write_bundle(out: Path, prepared: Prepared, trained: lstm.TrainResult,
         trained.model.save(tmp / KERAS_MODEL)
         (tmp / FLOAT_TFLITE).write_bytes(float_report.flat)
         edge_file = quantize.EDGE_FILE[chosen.mode]
-        (tmp / edge_file).write_bytes(chosen.report.flat)
+        (tmp / edge_file).write_bytes(chosen.measured.flat)
         (tmp / HISTORY).write_text(json.dumps({"history": trained.history,
                                                "best_epoch": trained.best_epoch,
                                                "seconds": round(trained.seconds, 1)}))
@@ -188,19 +195,17 @@ def build(prepared: Prepared, out: Path, version: str, sign_key: Path | None,
     trained, keras_metrics, float_report, candidates = train_and_measure(
         prepared, horizon, rul_cap, cfg, modes, thresholds, tolerances, seed,
         calibration_windows, verbose, progress)
-    built = Built(out, None, keras_metrics, float_report, candidates, "", trained.seconds)
     chosen = choose(candidates, mode)  # raises GateError: the caller prints the comparison
-    built.chosen = chosen.mode
-    built.manifest = write_bundle(out, prepared, trained, keras_metrics, float_report,
-                                  candidates, chosen, version, horizon, rul_cap, thresholds,
-                                  tolerances, sign_key)
-    return built
+    manifest = write_bundle(out, prepared, trained, keras_metrics, float_report, candidates,
+                            chosen, version, horizon, rul_cap, thresholds, tolerances, sign_key)
+    return Built(out, manifest, keras_metrics, float_report, candidates, chosen.mode,
+                 trained.seconds)
 
 
 def comparison_rows(keras_metrics: dict[str, float], float_report: ModelReport,
                     candidates: list[Candidate]) -> list[dict[str, object]]:
     """One row per model for the side-by-side table `train` prints."""
-    rows = [{"model": "keras (float)", "size_kb": None, "invoke_us": None,
+    rows: list[dict[str, object]] = [{"model": "keras (float)", "size_kb": None, "invoke_us": None,
              "f1": keras_metrics["f1"], "rmse": keras_metrics["rmse"],
              "agreement": None, "max_prob_diff": None, "gate": "reference"}]
     for name, rep, verdict in [("float32 tflite", float_report, str(float_report.gate)),
