@@ -11,7 +11,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from contract import codec, topics
@@ -37,7 +38,7 @@ from edge_agent.readings import Reading, Rejected
 from edge_agent.scorer import Scorer
 from edge_agent.sources import mqtt_input
 from edge_agent.sources.replay import CsvReplay, Replay, cmapss_streams
-from edge_agent.transport import Transport, make_transport
+from edge_agent.transport import Published, Transport, make_transport
 from edge_agent.updater import (
     BundleStore,
     Candidate,
@@ -62,8 +63,16 @@ def ota_policy(cfg: AgentConfig) -> OtaPolicy:
         max_clock_skew=b.max_clock_skew)
 
 
+def _connected(transport: Transport) -> float:
+    return float(transport.connected.is_set())
+
+
+def _down_for(transport: Transport) -> float:
+    return transport.outage.down_for
+
+
 def load_bundle(store: BundleStore,
-                trusted_keys: list[PublicKeyLike]) -> tuple[Manifest, Path]:
+                trusted_keys: Sequence[PublicKeyLike]) -> tuple[Manifest, Path]:
     """The active bundle (the last update, else the shipped one), verified."""
     path = store.active()
     try:
@@ -114,15 +123,15 @@ class Agent:
             cfg.uplink_broker, self._client_id("uplink"), will, role="uplink")
         for role, tr in (("broker", self.local), ("uplink", self.uplink)):
             self.metrics.broker_up.labels(role).set_function(
-                lambda tr=tr: float(tr.connected.is_set()))
+                partial(_connected, tr))
             self.metrics.broker_down.labels(role).set_function(
-                lambda tr=tr: tr.outage.down_for)
+                partial(_down_for, tr))
         self._build_sources()
         self.updater = Updater(
             self.gateway, self.store, ota_policy(cfg),
             current=lambda: (self.manifest, self.scorer, self.manifest.version),
             held_windows=self.pipeline.held_windows, swap=self.swap, shadow=self.shadow,
-            publish=lambda topic, payload: self.uplink.publish(topic, payload),
+            publish=self._publish_uplink,
             stop=self.stopping,
             refused=lambda kind: self.metrics.updates_refused.labels(kind).inc())
         self.uplink.subscribe(topics.model(self.gateway), self.updater.on_message)
@@ -266,6 +275,10 @@ class Agent:
         for change, done in pending:
             change()
             done.set()
+
+    def _publish_uplink(self, topic: str, payload: bytes) -> None:
+        """Update reports go out on the uplink; QoS 1 lets the client resend them."""
+        self.uplink.publish(topic, payload)
 
     def swap(self, candidate: Candidate) -> None:
         def change() -> None:
@@ -428,7 +441,7 @@ class Agent:
         """Send every pending tick of `assets`, a window of batches in flight at a time."""
         after = {a: -1 for a in assets}
         while assets and not self.stopping.is_set():
-            in_flight: list[tuple[PendingBatch, object]] = []
+            in_flight: list[tuple[PendingBatch, Published]] = []
             for asset in list(assets):
                 with self._uplink_order:
                     batch = self.outbox.take(asset, after[asset],

@@ -104,7 +104,8 @@ class Outbox:
         to stay within the disk budget (oldest first)."""
         if not ticks:
             return 0
-        rows, touched = [], {}
+        rows: list[tuple] = []
+        touched: dict[str, int] = {}
         for t in ticks:
             t.seq = touched.get(t.asset, self._next.get(t.asset, 0))
             touched[t.asset] = t.seq + 1

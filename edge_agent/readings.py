@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class Reading:
     """One sensor sample of one asset, as a source delivers it."""
 
     asset: str
-    time: float
+    time: Any  # as the source delivered it: ReadingChecker refuses all but a finite number
     values: Mapping[str, object]
     arrived: float = 0.0  # time.perf_counter() at arrival, for the tick-to-alert latency
     meta: dict = field(default_factory=dict)

@@ -334,11 +334,12 @@ class Updater(threading.Thread):
                     continue
                 kind = getattr(exc, "kind", "failed")
                 settled = kind != "download"  # the network may be back after a restart
+                reason = str(exc)
                 if not isinstance(exc, (UpdateError, AnnouncementRefused)):
                     log.exception("update to %s failed", ann.version)
-                    exc = f"unexpected error: {exc}"
+                    reason = f"unexpected error: {exc}"
                 self.refused(kind)
-                self.report(ann, "failed", str(exc), authentic)
+                self.report(ann, "failed", reason, authentic)
             finally:
                 if authentic and settled and ann is not None:
                     self.store.accept(ann)  # the replay guard moves on once the outcome is final

@@ -30,12 +30,12 @@ def cmapss_streams(path: Path, units: list[int] | str, prefix: str,
     were already accepted before a restart."""
     by_unit = unit_rows(Path(path))
     present = sorted(by_unit)
-    chosen = present if units == "all" else list(units)
+    chosen: list[int] = present if isinstance(units, str) else list(units)
     missing = sorted(set(chosen) - set(present))
     if missing:
         raise ValueError(f"{path}: no unit(s) {missing}; the file has units "
                          f"{present[0]}..{present[-1]}")
-    streams = {}
+    streams: dict[str, Iterator[dict]] = {}
     for unit in chosen:
         asset = f"{prefix}{unit}"
         rows = by_unit[unit]
@@ -44,7 +44,8 @@ def cmapss_streams(path: Path, units: list[int] | str, prefix: str,
     return streams
 
 
-def csv_rows(path: Path, asset_column: str, time_column: str) -> Iterator[tuple[str, float, dict]]:
+def csv_rows(path: Path, asset_column: str,
+             time_column: str) -> Iterator[tuple[str, float | str, dict]]:
     """(asset, time, values) per CSV row; numbers parsed, anything else left for the checker."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -53,7 +54,7 @@ def csv_rows(path: Path, asset_column: str, time_column: str) -> Iterator[tuple[
                 raise ValueError(f"{path}: no column {col!r} (columns: {reader.fieldnames})")
         for row in reader:
             asset = row.pop(asset_column)
-            values = {}
+            values: dict[str, float | str] = {}
             for k, v in row.items():
                 try:
                     values[k] = float(v)
