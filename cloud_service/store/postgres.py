@@ -34,7 +34,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cloud_service.deadletters import DeadLetter
-from cloud_service.ownership import Membership, OwnedAsset, OwnershipError
+from cloud_service.ownership import Membership, OwnershipError
 from cloud_service.store.base import (
     PARTITION_SECONDS,
     ModelConflict,
@@ -43,11 +43,11 @@ from cloud_service.store.base import (
     StoreUrl,
     check_schema_version,
 )
+from cloud_service.store.reads import SharedReads
 from cloud_service.store.rows import (
     AlertResume,
     AssetKey,
     AssetRow,
-    DeadLetterRow,
     GatewayRow,
     Inserted,
     ModelRow,
@@ -59,15 +59,10 @@ from cloud_service.store.rows import (
     ScoreWrite,
     ShadowRow,
     StatusUpdate,
-    StoredAlert,
-    StoredPrediction,
     TargetRequest,
-    TickRow,
     WindowTicks,
     without_assets,
 )
-from contract.alerting import MachineState
-from contract.payloads import AlertState
 
 log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x70646D01  # advisory lock keys: "pdm" + 1, + 2
@@ -187,7 +182,9 @@ def _window_ticks(rows: Sequence[tuple]) -> WindowTicks:
     )
 
 
-class PostgresStore:
+class PostgresStore(SharedReads):
+    MARK = "%s"
+
     def __init__(self, url: StoreUrl, password: str | None = None, pool_size: int = 8,
                  connect_timeout: float = 10.0, pool_timeout: float = 10.0) -> None:
         self.url = url
@@ -770,25 +767,6 @@ class PostgresStore:
                 "extract(epoch FROM clock_timestamp())", (exclude or "",)).fetchone()  # type: ignore[misc]
         return int(n)
 
-    def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
-        """The assets this replica owns (those that received ticks since `seen_since` only,
-        when given), with their scoring position and alert machine state."""
-        query = ("SELECT gateway, asset, ticks, last_seq, cloud_seq, cloud_state, "
-                 "cloud_pending, cloud_pending_count, cloud_state_since FROM assets "
-                 "WHERE owner = %s")
-        params: list[Any] = [replica]
-        if seen_since is not None:
-            query += " AND last_seen >= %s"
-            params.append(seen_since)
-        with self._conn() as conn:
-            rows = conn.execute(query, params).fetchall()
-        return [OwnedAsset(
-            key=(g, a), ticks=n, last_seq=last, scored_seq=seq,
-            machine=MachineState(AlertState(state or "NORMAL"),
-                                 AlertState(pending) if pending else None, count or 0),
-            state_since=since)
-            for g, a, n, last, seq, state, pending, count, since in rows]
-
     def asset_scores(self) -> dict[AssetKey, AlertResume]:
         """Per asset: cloud alert state, seq of the last window fed to the alert machine, and
         since when the state holds."""
@@ -822,68 +800,6 @@ class PostgresStore:
         rows = self._rows("SELECT * FROM assets WHERE gateway = %s AND asset = %s",
                           (gateway, asset))
         return cast(AssetRow, rows[0]) if rows else None
-
-    def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
-              since: float | None, until: float | None, limit: int) -> list[TickRow]:
-        query = ("SELECT seq, time, feature_set, vals, edge_probability, edge_rul, "
-                 "model_version, received_at FROM ticks WHERE gateway = %s AND asset = %s "
-                 "AND seq > %s")
-        params: list[Any] = [gateway, asset, after_seq]
-        if to_seq is not None:
-            query += " AND seq <= %s"
-            params.append(to_seq)
-        if since is not None:
-            query += " AND time >= %s"
-            params.append(since)
-        if until is not None:
-            query += " AND time < %s"
-            params.append(until)
-        query += " ORDER BY seq LIMIT %s"
-        params.append(limit)
-        out = []
-        for r in self._rows(query, params):
-            names = self.feature_set(r.pop("feature_set"))
-            vals = np.frombuffer(r.pop("vals"), "<f4")
-            r["values"] = dict(zip(names, map(float, vals), strict=True))
-            out.append(cast(TickRow, r))
-        return out
-
-    def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
-                    limit: int) -> list[StoredPrediction]:
-        query = "SELECT * FROM predictions WHERE gateway = %s AND asset = %s AND seq > %s"
-        params: list[Any] = [gateway, asset, after_seq]
-        if to_seq is not None:
-            query += " AND seq <= %s"
-            params.append(to_seq)
-        query += " ORDER BY seq LIMIT %s"
-        params.append(limit)
-        return cast(list[StoredPrediction], self._rows(query, params))
-
-    def alerts(self, gateway: str | None, asset: str | None, state: str | None,
-               since: float | None, after_id: int, limit: int) -> list[StoredAlert]:
-        query = "SELECT * FROM alerts WHERE id > %s"
-        params: list[Any] = [after_id]
-        for column, value in (("gateway", gateway), ("asset", asset), ("new_state", state)):
-            if value is not None:
-                query += f" AND {column} = %s"
-                params.append(value)
-        if since is not None:
-            query += " AND published_at >= %s"
-            params.append(since)
-        query += " ORDER BY id LIMIT %s"
-        params.append(limit)
-        return cast(list[StoredAlert], self._rows(query, params))
-
-    def dead_letters(self, reason: str | None, after_id: int,
-                     limit: int) -> list[DeadLetterRow]:
-        query = "SELECT * FROM dead_letters WHERE id > %s"
-        params: list[Any] = [after_id]
-        if reason is not None:
-            query += " AND reason = %s"
-            params.append(reason)
-        query += " ORDER BY id LIMIT %s"
-        params.append(limit)
-        return cast(list[DeadLetterRow], self._rows(query, params))
 
     def dead_letter_counts(self) -> dict[str, int]:
         return {r["reason"]: r["n"] for r in self._rows(

@@ -27,18 +27,18 @@ import numpy as np
 from sqlite_utils import Database
 
 from cloud_service.deadletters import DeadLetter
-from cloud_service.ownership import Membership, OwnedAsset, OwnershipError
+from cloud_service.ownership import Membership, OwnershipError
 from cloud_service.store.base import (
     ModelConflict,
     StoreError,
     StoreUnavailable,
     check_schema_version,
 )
+from cloud_service.store.reads import SharedReads
 from cloud_service.store.rows import (
     AlertResume,
     AssetKey,
     AssetRow,
-    DeadLetterRow,
     GatewayRow,
     Inserted,
     ModelRow,
@@ -50,15 +50,10 @@ from cloud_service.store.rows import (
     ScoreWrite,
     ShadowRow,
     StatusUpdate,
-    StoredAlert,
-    StoredPrediction,
     TargetRequest,
-    TickRow,
     WindowTicks,
     without_assets,
 )
-from contract.alerting import MachineState
-from contract.payloads import AlertState
 
 BUSY_TIMEOUT_MS = 30_000
 RETENTION_BATCH = 5_000  # rows per delete transaction
@@ -250,7 +245,9 @@ def _opt(x: float | None) -> float | None:
     return x if math.isfinite(x) else None
 
 
-class SqliteStore:
+class SqliteStore(SharedReads):
+    MARK = "?"
+
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.where = f"SQLite file {self.path}"
@@ -651,23 +648,6 @@ class SqliteStore:
             (time.time(), exclude or "")).fetchone()
         return int(n)
 
-    def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
-        """The assets this replica owns (those that received ticks since `seen_since` only,
-        when given), with their scoring position and alert machine state."""
-        sql = ("SELECT gateway, asset, ticks, last_seq, cloud_seq, cloud_state, cloud_pending, "
-               "cloud_pending_count, cloud_state_since FROM assets WHERE owner = ?")
-        params: list[Any] = [replica]
-        if seen_since is not None:
-            sql += " AND last_seen >= ?"
-            params.append(seen_since)
-        return [OwnedAsset(
-            key=(g, a), ticks=n, last_seq=last, scored_seq=seq,
-            machine=MachineState(AlertState(state or "NORMAL"),
-                                 AlertState(pending) if pending else None, count or 0),
-            state_since=since)
-            for g, a, n, last, seq, state, pending, count, since
-            in self._db().conn.execute(sql, params)]
-
     def asset_scores(self) -> dict[AssetKey, AlertResume]:
         """Per asset: cloud alert state, seq of the last window fed to the alert machine, and
         since when the state holds."""
@@ -727,67 +707,6 @@ class SqliteStore:
         rows = self._rows("SELECT * FROM assets WHERE gateway = ? AND asset = ?",
                           (gateway, asset))
         return cast(AssetRow, rows[0]) if rows else None
-
-    def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
-              since: float | None, until: float | None, limit: int) -> list[TickRow]:
-        sql = ("SELECT seq, time, feature_set, vals, edge_probability, edge_rul, model_version, "
-               "received_at FROM ticks WHERE gateway = ? AND asset = ? AND seq > ?")
-        params: list[Any] = [gateway, asset, after_seq]
-        if to_seq is not None:
-            sql += " AND seq <= ?"
-            params.append(to_seq)
-        if since is not None:
-            sql += " AND time >= ?"
-            params.append(since)
-        if until is not None:
-            sql += " AND time < ?"
-            params.append(until)
-        sql += " ORDER BY seq LIMIT ?"
-        params.append(limit)
-        out = []
-        for r in self._rows(sql, params):
-            names = self.feature_set(r.pop("feature_set"))
-            vals = np.frombuffer(r.pop("vals"), "<f4")
-            r["values"] = dict(zip(names, map(float, vals), strict=True))
-            out.append(cast(TickRow, r))
-        return out
-
-    def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
-                    limit: int) -> list[StoredPrediction]:
-        sql = "SELECT * FROM predictions WHERE gateway = ? AND asset = ? AND seq > ?"
-        params: list[Any] = [gateway, asset, after_seq]
-        if to_seq is not None:
-            sql += " AND seq <= ?"
-            params.append(to_seq)
-        sql += " ORDER BY seq LIMIT ?"
-        params.append(limit)
-        return cast(list[StoredPrediction], self._rows(sql, params))
-
-    def alerts(self, gateway: str | None, asset: str | None, state: str | None,
-               since: float | None, after_id: int, limit: int) -> list[StoredAlert]:
-        sql = "SELECT * FROM alerts WHERE id > ?"
-        params: list[Any] = [after_id]
-        for column, value in (("gateway", gateway), ("asset", asset), ("new_state", state)):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                params.append(value)
-        if since is not None:
-            sql += " AND published_at >= ?"
-            params.append(since)
-        sql += " ORDER BY id LIMIT ?"
-        params.append(limit)
-        return cast(list[StoredAlert], self._rows(sql, params))
-
-    def dead_letters(self, reason: str | None, after_id: int,
-                     limit: int) -> list[DeadLetterRow]:
-        sql = "SELECT * FROM dead_letters WHERE id > ?"
-        params: list[Any] = [after_id]
-        if reason is not None:
-            sql += " AND reason = ?"
-            params.append(reason)
-        sql += " ORDER BY id LIMIT ?"
-        params.append(limit)
-        return cast(list[DeadLetterRow], self._rows(sql, params))
 
     def dead_letter_counts(self) -> dict[str, int]:
         return {r["reason"]: r["n"] for r in self._rows(

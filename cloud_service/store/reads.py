@@ -1,0 +1,103 @@
+"""Reads whose SQL is the same on both backends but for the parameter mark (`?` in SQLite,
+`%s` in psycopg): the API's paged reads and the scorer's list of owned assets. Each backend
+inherits them and supplies `_rows` (dict rows) and `feature_set`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, cast
+
+import numpy as np
+
+from cloud_service.ownership import OwnedAsset
+from cloud_service.store.rows import DeadLetterRow, StoredAlert, StoredPrediction, TickRow
+from contract.alerting import MachineState
+from contract.payloads import AlertState
+
+
+class SharedReads:
+    MARK: ClassVar[str]
+
+    def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict]:
+        raise NotImplementedError
+
+    def feature_set(self, feature_set_id: int) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
+              since: float | None, until: float | None, limit: int) -> list[TickRow]:
+        m = self.MARK
+        sql = ("SELECT seq, time, feature_set, vals, edge_probability, edge_rul, model_version, "
+               f"received_at FROM ticks WHERE gateway = {m} AND asset = {m} AND seq > {m}")
+        params: list[Any] = [gateway, asset, after_seq]
+        for condition, value in ((f"seq <= {m}", to_seq), (f"time >= {m}", since),
+                                 (f"time < {m}", until)):
+            if value is not None:
+                sql += f" AND {condition}"
+                params.append(value)
+        sql += f" ORDER BY seq LIMIT {m}"
+        params.append(limit)
+        out = []
+        for r in self._rows(sql, params):
+            names = self.feature_set(r.pop("feature_set"))
+            vals = np.frombuffer(r.pop("vals"), "<f4")
+            r["values"] = dict(zip(names, map(float, vals), strict=True))
+            out.append(cast(TickRow, r))
+        return out
+
+    def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
+                    limit: int) -> list[StoredPrediction]:
+        m = self.MARK
+        sql = f"SELECT * FROM predictions WHERE gateway = {m} AND asset = {m} AND seq > {m}"
+        params: list[Any] = [gateway, asset, after_seq]
+        if to_seq is not None:
+            sql += f" AND seq <= {m}"
+            params.append(to_seq)
+        sql += f" ORDER BY seq LIMIT {m}"
+        params.append(limit)
+        return cast(list[StoredPrediction], self._rows(sql, params))
+
+    def alerts(self, gateway: str | None, asset: str | None, state: str | None,
+               since: float | None, after_id: int, limit: int) -> list[StoredAlert]:
+        m = self.MARK
+        sql = f"SELECT * FROM alerts WHERE id > {m}"
+        params: list[Any] = [after_id]
+        for condition, value in ((f"gateway = {m}", gateway), (f"asset = {m}", asset),
+                                 (f"new_state = {m}", state), (f"published_at >= {m}", since)):
+            if value is not None:
+                sql += f" AND {condition}"
+                params.append(value)
+        sql += f" ORDER BY id LIMIT {m}"
+        params.append(limit)
+        return cast(list[StoredAlert], self._rows(sql, params))
+
+    def dead_letters(self, reason: str | None, after_id: int,
+                     limit: int) -> list[DeadLetterRow]:
+        m = self.MARK
+        sql = f"SELECT * FROM dead_letters WHERE id > {m}"
+        params: list[Any] = [after_id]
+        if reason is not None:
+            sql += f" AND reason = {m}"
+            params.append(reason)
+        sql += f" ORDER BY id LIMIT {m}"
+        params.append(limit)
+        return cast(list[DeadLetterRow], self._rows(sql, params))
+
+    def owned_assets(self, replica: str, seen_since: float | None = None) -> list[OwnedAsset]:
+        """The assets this replica owns (those that received ticks since `seen_since` only,
+        when given), with their scoring position and alert machine state."""
+        m = self.MARK
+        sql = ("SELECT gateway, asset, ticks, last_seq, cloud_seq, cloud_state, cloud_pending, "
+               f"cloud_pending_count, cloud_state_since FROM assets WHERE owner = {m}")
+        params: list[Any] = [replica]
+        if seen_since is not None:
+            sql += f" AND last_seen >= {m}"
+            params.append(seen_since)
+        return [OwnedAsset(
+            key=(r["gateway"], r["asset"]), ticks=r["ticks"], last_seq=r["last_seq"],
+            scored_seq=r["cloud_seq"],
+            machine=MachineState(AlertState(r["cloud_state"] or "NORMAL"),
+                                 AlertState(r["cloud_pending"]) if r["cloud_pending"] else None,
+                                 r["cloud_pending_count"] or 0),
+            state_since=r["cloud_state_since"])
+            for r in self._rows(sql, params)]
