@@ -1,5 +1,6 @@
 """Reads whose SQL is the same on both backends but for the parameter mark (`?` in SQLite,
-`%s` in psycopg): the API's paged reads and the scorer's list of owned assets. Each backend
+`%s` in psycopg): the fleet, models and rollouts the API reads, and the scorer's list of
+owned assets. Each backend
 inherits them and supplies `_rows` (dict rows) and `feature_set`."""
 
 from __future__ import annotations
@@ -10,7 +11,17 @@ from typing import Any, ClassVar, cast
 import numpy as np
 
 from cloud_service.ownership import OwnedAsset
-from cloud_service.store.rows import DeadLetterRow, StoredAlert, StoredPrediction, TickRow
+from cloud_service.store.rows import (
+    AssetRow,
+    DeadLetterRow,
+    GatewayRow,
+    ModelRow,
+    RolloutRow,
+    RolloutTargetRow,
+    StoredAlert,
+    StoredPrediction,
+    TickRow,
+)
 from contract.alerting import MachineState
 from contract.payloads import AlertState
 
@@ -23,6 +34,49 @@ class SharedReads:
 
     def feature_set(self, feature_set_id: int) -> tuple[str, ...]:
         raise NotImplementedError
+
+    def gateways(self) -> list[GatewayRow]:
+        return cast(list[GatewayRow], self._rows(
+            "SELECT g.gateway, g.online, g.status_time, g.first_seen, g.last_seen, "
+            "g.model_version, g.agent_version, "
+            "(SELECT count(*) FROM assets a WHERE a.gateway = g.gateway) AS assets "
+            "FROM gateways g ORDER BY g.gateway"))
+
+    def assets(self, gateway: str | None = None) -> list[AssetRow]:
+        if gateway is None:
+            return cast(list[AssetRow], self._rows("SELECT * FROM assets ORDER BY gateway, asset"))
+        return cast(list[AssetRow], self._rows(
+            f"SELECT * FROM assets WHERE gateway = {self.MARK} ORDER BY asset", (gateway,)))
+
+    def asset(self, gateway: str, asset: str) -> AssetRow | None:
+        m = self.MARK
+        rows = self._rows(f"SELECT * FROM assets WHERE gateway = {m} AND asset = {m}",
+                          (gateway, asset))
+        return cast(AssetRow, rows[0]) if rows else None
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return {r["reason"]: r["n"] for r in self._rows(
+            "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason")}
+
+    def models(self) -> list[ModelRow]:
+        return cast(list[ModelRow],
+                    self._rows("SELECT * FROM models ORDER BY registered_at, version"))
+
+    def model(self, version: str) -> ModelRow | None:
+        rows = self._rows(f"SELECT * FROM models WHERE version = {self.MARK}", (version,))
+        return cast(ModelRow, rows[0]) if rows else None
+
+    def rollouts(self) -> list[RolloutRow]:
+        return cast(list[RolloutRow], self._rows("SELECT * FROM rollouts ORDER BY created_at, id"))
+
+    def rollout(self, rollout_id: str) -> RolloutRow | None:
+        rows = self._rows(f"SELECT * FROM rollouts WHERE id = {self.MARK}", (rollout_id,))
+        return cast(RolloutRow, rows[0]) if rows else None
+
+    def rollout_targets(self, rollout_id: str) -> list[RolloutTargetRow]:
+        return cast(list[RolloutTargetRow], self._rows(
+            f"SELECT * FROM rollout_targets WHERE rollout_id = {self.MARK} ORDER BY gateway",
+            (rollout_id,)))
 
     def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
               since: float | None, until: float | None, limit: int) -> list[TickRow]:

@@ -38,14 +38,11 @@ from cloud_service.store.reads import SharedReads
 from cloud_service.store.rows import (
     AlertResume,
     AssetKey,
-    AssetRow,
-    GatewayRow,
     Inserted,
     ModelRow,
     Received,
     ReportUpdate,
     RolloutRow,
-    RolloutTargetRow,
     ScoresStored,
     ScoreWrite,
     ShadowRow,
@@ -688,37 +685,7 @@ class SqliteStore(SharedReads):
                     break
         return removed
 
-    # -- API queries -----------------------------------------------------------------------
-
-    def gateways(self) -> list[GatewayRow]:
-        return cast(list[GatewayRow], self._rows(
-            "SELECT g.gateway, g.online, g.status_time, g.first_seen, g.last_seen, "
-            "g.model_version, g.agent_version, "
-            "(SELECT count(*) FROM assets a WHERE a.gateway = g.gateway) AS assets "
-            "FROM gateways g ORDER BY g.gateway"))
-
-    def assets(self, gateway: str | None = None) -> list[AssetRow]:
-        if gateway is None:
-            return cast(list[AssetRow], self._rows("SELECT * FROM assets ORDER BY gateway, asset"))
-        return cast(list[AssetRow], self._rows(
-            "SELECT * FROM assets WHERE gateway = ? ORDER BY asset", (gateway,)))
-
-    def asset(self, gateway: str, asset: str) -> AssetRow | None:
-        rows = self._rows("SELECT * FROM assets WHERE gateway = ? AND asset = ?",
-                          (gateway, asset))
-        return cast(AssetRow, rows[0]) if rows else None
-
-    def dead_letter_counts(self) -> dict[str, int]:
-        return {r["reason"]: r["n"] for r in self._rows(
-            "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason")}
-
-    def models(self) -> list[ModelRow]:
-        return cast(list[ModelRow],
-                    self._rows("SELECT * FROM models ORDER BY registered_at, version"))
-
-    def model(self, version: str) -> ModelRow | None:
-        rows = self._rows("SELECT * FROM models WHERE version = ?", (version,))
-        return cast(ModelRow, rows[0]) if rows else None
+    # -- models (the reads the API shares are in reads.py) ----------------------------------
 
     def register_model(self, record: ModelRow) -> tuple[ModelRow, bool]:
         """Insert a model; (record, True) when new, (stored, False) when the same version with
@@ -754,17 +721,6 @@ class SqliteStore(SharedReads):
                 "updated_at) VALUES (?, ?, ?, ?, ?)",
                 [(rollout["id"], t["gateway"], t["from_version"], t["step"],
                   rollout["created_at"]) for t in targets])
-
-    def rollouts(self) -> list[RolloutRow]:
-        return cast(list[RolloutRow], self._rows("SELECT * FROM rollouts ORDER BY created_at, id"))
-
-    def rollout(self, rollout_id: str) -> RolloutRow | None:
-        rows = self._rows("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
-        return cast(RolloutRow, rows[0]) if rows else None
-
-    def rollout_targets(self, rollout_id: str) -> list[RolloutTargetRow]:
-        return cast(list[RolloutTargetRow], self._rows(
-            "SELECT * FROM rollout_targets WHERE rollout_id = ? ORDER BY gateway", (rollout_id,)))
 
     def shadow_report(self, version: str, shadow_cut: float, cut: float) -> list[ShadowRow]:
         """Per asset, how the shadow model `version` compares with the active edge model
