@@ -155,12 +155,9 @@ def test_a_restarted_scorer_resumes_alert_state_and_finds_unscored_windows(store
     first.drain()
     assert [json.loads(p)["new_state"] for _, p in published] == ["CRITICAL"]
     store.write_ingest([Received(batch(12, 8, level=3.0), 2.0)], [], [])
-    unscored = dict(store.unpredicted_ticks(m.window - 1))
-    assert unscored[("gw1", "a1")].tolist() == list(range(12, 20))
-    resume = store.asset_scores()[("gw1", "a1")]
-    assert resume.state == "CRITICAL" and resume.seq == 11
-    state, seq, since = resume  # callers unpack it
-    assert since is not None
+    (resume,) = store.owned_assets("local")  # what the next owner continues from
+    assert resume.machine.state.value == "CRITICAL" and resume.scored_seq == 11
+    assert resume.state_since is not None and resume.last_seq == 19 and resume.ticks == 20
     with store._write() as conn:  # the crashed replica's lease has run out
         conn.execute("UPDATE replicas SET expires_at = 0")
     second, model, published2 = scorer_for(store, m)
@@ -414,7 +411,6 @@ def test_a_sqlite_file_from_before_versioning_is_upgraded(tmp_path):
         store.write_ingest([Received(batch(8, 4), 5.0)], [], [])
         asset = store.asset("gw1", "a1")
         assert asset is not None and asset["ticks"] == 12
-        assert store.asset_scores()[("gw1", "a1")].state == "WARNING"
         # ... and a replica takes the old asset over from its stored alert state
         scorer, _, _ = scorer_for(store, manifest())
         scorer.heartbeat()

@@ -29,7 +29,6 @@ from cloud_service.store.base import (
     parse_store_url,
 )
 from cloud_service.store.rows import (
-    AlertResume,
     AlertRow,
     AssetKey,
     AssetRow,
@@ -61,7 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PARTITION_SECONDS", "AlertResume", "AlertRow", "AssetKey", "AssetRow", "AssetScore",
+    "PARTITION_SECONDS", "AlertRow", "AssetKey", "AssetRow", "AssetScore",
     "DeadLetterRow", "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
     "ModelRow", "ModelStore", "PredictionRow", "Received", "ReportUpdate", "RolloutRow",
     "RolloutStore", "RolloutTargetRow", "ScoresStored", "ScoreWrite", "ScoringStore", "ShadowRow",

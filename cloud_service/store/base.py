@@ -8,7 +8,7 @@ retention, close). Both backends (`sqlite.py`, `postgres.py`) implement `Store`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +19,6 @@ import numpy as np
 from cloud_service.deadletters import DeadLetter
 from cloud_service.ownership import Membership, OwnedAsset
 from cloud_service.store.rows import (
-    AlertResume,
     AssetKey,
     AssetRow,
     DeadLetterRow,
@@ -135,7 +134,6 @@ class IngestStore(Protocol):
 class ScoringStore(Protocol):
     def tick_seqs(self, key: AssetKey, lo: int, hi: int) -> np.ndarray: ...
     def predicted_seqs(self, key: AssetKey, lo: int, hi: int) -> set[int]: ...
-    def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]: ...
     def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks: ...
     def windows_ticks(self, ranges: Sequence[tuple[AssetKey, int, int]]
                       ) -> dict[AssetKey, WindowTicks]: ...
@@ -149,7 +147,6 @@ class ScoringStore(Protocol):
     def live_replicas(self, exclude: str | None = None) -> int: ...
     def owned_assets(self, replica: str,
                      seen_since: float | None = None) -> list[OwnedAsset]: ...
-    def asset_scores(self) -> dict[AssetKey, AlertResume]: ...
     # The stored alert state of an asset another replica owns.
     def asset(self, gateway: str, asset: str) -> AssetRow | None: ...
 

@@ -45,7 +45,6 @@ from cloud_service.store.base import (
 )
 from cloud_service.store.reads import SharedReads
 from cloud_service.store.rows import (
-    AlertResume,
     AssetKey,
     Inserted,
     ModelRow,
@@ -572,29 +571,6 @@ class PostgresStore(SharedReads):
                 "AND seq BETWEEN %s AND %s", (*key, lo, hi))
             return {r[0] for r in cur}
 
-    def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]:
-        """Per asset, the seqs of stored ticks (>= min_seq) that have no prediction: after a
-        restart, the windows that may still need scoring end at these."""
-        key: AssetKey | None = None
-        seqs: list[int] = []
-        # a server-side cursor: a big backlog streams instead of landing in memory at once
-        with self._conn() as conn, conn.transaction(), \
-                conn.cursor(name="unpredicted_ticks") as cur:
-            cur.itersize = 10_000
-            cur.execute(
-                "SELECT t.gateway, t.asset, t.seq FROM ticks t LEFT JOIN predictions p "
-                "ON p.gateway = t.gateway AND p.asset = t.asset AND p.seq = t.seq "
-                "WHERE p.seq IS NULL AND t.seq >= %s ORDER BY t.gateway, t.asset, t.seq",
-                (min_seq,))
-            for gw, asset, seq in cur:
-                if (gw, asset) != key:
-                    if key is not None:
-                        yield key, np.asarray(seqs, np.int64)
-                    key, seqs = (gw, asset), []
-                seqs.append(seq)
-        if key is not None:
-            yield key, np.asarray(seqs, np.int64)
-
     def window_ticks(self, key: AssetKey, lo: int, hi: int) -> WindowTicks:
         return self.windows_ticks([(key, lo, hi)])[key]
 
@@ -763,15 +739,6 @@ class PostgresStore(SharedReads):
                 "SELECT count(*) FROM replicas WHERE replica <> %s AND expires_at >= "
                 "extract(epoch FROM clock_timestamp())", (exclude or "",)).fetchone()  # type: ignore[misc]
         return int(n)
-
-    def asset_scores(self) -> dict[AssetKey, AlertResume]:
-        """Per asset: cloud alert state, seq of the last window fed to the alert machine, and
-        since when the state holds."""
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT gateway, asset, cloud_state, cloud_seq, cloud_state_since FROM assets "
-                "WHERE cloud_seq IS NOT NULL").fetchall()
-        return {(g, a): AlertResume(s or "NORMAL", q, t) for g, a, s, q, t in rows}
 
     def check_writable(self) -> None:
         with self._write(timeout=min(CHECK_TIMEOUT, self.pool.timeout)) as conn:

@@ -8,7 +8,7 @@ checked by the type checker is both typed and free to convert.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypedDict
+from typing import TypedDict
 
 import numpy as np
 
@@ -139,15 +139,6 @@ class ScoresStored:
 
     refused: set[AssetKey]
     duplicates: int
-
-
-class AlertResume(NamedTuple):
-    """Where an asset's cloud alert machine stood: state, the seq of the last window it was
-    fed, and since when the state holds (a tuple, so callers may unpack it)."""
-
-    state: str
-    seq: int
-    since: float | None
 
 
 # -- API reads (one key per stored column) -------------------------------------------------

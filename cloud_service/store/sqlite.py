@@ -36,7 +36,6 @@ from cloud_service.store.base import (
 )
 from cloud_service.store.reads import SharedReads
 from cloud_service.store.rows import (
-    AlertResume,
     AssetKey,
     Inserted,
     ModelRow,
@@ -482,24 +481,6 @@ class SqliteStore(SharedReads):
             (*key, lo, hi))
         return {r[0] for r in cur}
 
-    def unpredicted_ticks(self, min_seq: int) -> Iterator[tuple[AssetKey, np.ndarray]]:
-        """Per asset, the seqs of stored ticks (>= min_seq) that have no prediction: after a
-        restart, the windows that may still need scoring end at these."""
-        cur = self._db().conn.execute(
-            "SELECT t.gateway, t.asset, t.seq FROM ticks t LEFT JOIN predictions p "
-            "ON p.gateway = t.gateway AND p.asset = t.asset AND p.seq = t.seq "
-            "WHERE p.seq IS NULL AND t.seq >= ? ORDER BY t.gateway, t.asset, t.seq", (min_seq,))
-        key: AssetKey | None = None
-        seqs: list[int] = []
-        for gw, asset, seq in cur:
-            if (gw, asset) != key:
-                if key is not None:
-                    yield key, np.asarray(seqs, np.int64)
-                key, seqs = (gw, asset), []
-            seqs.append(seq)
-        if key is not None:
-            yield key, np.asarray(seqs, np.int64)
-
     def windows_ticks(self, ranges: Sequence[tuple[AssetKey, int, int]]
                       ) -> dict[AssetKey, WindowTicks]:
         """The ticks of many assets' seq ranges (in-process reads: one query each is cheap)."""
@@ -644,14 +625,6 @@ class SqliteStore(SharedReads):
             "SELECT count(*) FROM replicas WHERE expires_at >= ? AND replica <> ?",
             (time.time(), exclude or "")).fetchone()
         return int(n)
-
-    def asset_scores(self) -> dict[AssetKey, AlertResume]:
-        """Per asset: cloud alert state, seq of the last window fed to the alert machine, and
-        since when the state holds."""
-        cur = self._db().conn.execute(
-            "SELECT gateway, asset, cloud_state, cloud_seq, cloud_state_since FROM assets "
-            "WHERE cloud_seq IS NOT NULL")
-        return {(g, a): AlertResume(s or "NORMAL", q, t) for g, a, s, q, t in cur}
 
     def check_writable(self) -> None:
         with self._write() as conn:
