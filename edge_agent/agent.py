@@ -163,7 +163,7 @@ class Agent:
         for i, src in enumerate(self.cfg.sources):
             if isinstance(src, CmapssSource):
                 streams = cmapss_streams(src.file, src.units, src.asset_prefix,
-                                         self.outbox.next_seq)
+                                         self.outbox.next_seq, src.loop)
                 self.replays.append(Replay(f"cmapss-{i}", streams, src.rate, self.emit,
                                            self.stopping))
             elif isinstance(src, CsvSource):

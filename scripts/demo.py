@@ -6,15 +6,18 @@ ACL) with a throwaway PKI made in the work folder: the cloud and the agent conne
 own certificates, as in production.
 
     python scripts/demo.py [--duration SECONDS] [--rate TICKS_PER_S] [--units 31,34,68]
-                           [--store URL] [--replicas N]
+                           [--loop] [--store URL] [--replicas N]
 
 The cloud keeps its store in a SQLite file in the demo's folder unless `--store` names another
 (`postgresql://user@host:port/db`, password in PDM_CLOUD_STORE__PASSWORD). `--replicas N`
 starts N cloud processes on the one broker: they split the uplink (shared subscription) and
 share the store, each with its own API; a SQLite store is shared only on this host.
 
-Prints where to look, runs until Ctrl-C (or --duration), then stops everything it started and
-reports what went through.
+Prints where to look and a progress line every 5 s until the replay ends (each engine's data
+runs out; with `--loop` the engines start again and the progress goes on), runs until Ctrl-C
+(or --duration), then stops everything it started and reports what went through: the ticks the
+edge produced, those the cloud stored, and the copies it received besides (the ticks of
+escalated windows, sent ahead of their batch so the cloud can judge at once, and any resent).
 """
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=0, help="seconds to run (0: until Ctrl-C)")
     ap.add_argument("--rate", type=float, default=10, help="ticks per second per engine")
+    ap.add_argument("--loop", action="store_true",
+                    help="start each engine again when its data ends, until stopped")
     ap.add_argument("--units", default="all", help="engines to replay: all, or e.g. 31,34,68")
     ap.add_argument("--data", type=Path, default=REPO / "data" / "cmapss" / "test_FD001.txt")
     ap.add_argument("--workdir", type=Path, default=REPO / "var" / "demo")
@@ -182,7 +187,7 @@ def main() -> int:
             "gateway_id": GATEWAY,
             "broker": {"host": broker.host, "port": broker.port, "tls": tls(gateway_id)},
             "sources": [{"type": "cmapss", "file": str(args.data), "units": units,
-                         "rate": args.rate}],
+                         "rate": args.rate, "loop": args.loop}],
             "bundle": {"path": str(REPO / "models/default"),
                        "trusted_keys": [str(REPO / "models/default_signing_key.pub")]},
             "outbox": {"path": str(work / "outbox.db")}, "metrics_port": agent_metrics}))
@@ -209,12 +214,13 @@ def main() -> int:
         edge_metrics = f"http://127.0.0.1:{agent_metrics}/metrics"
         # The replay sends one cycle per engine per 1/rate s, the engines side by side.
         replay_s = max(lengths.values(), default=0) / args.rate if args.rate else 0.0
+        span = "a lap" if args.loop else "in all"
         replicas = ("" if args.replicas == 1 else f"\n  other replicas' APIs:   "
                     f"{'  '.join(apis[1:])}  (each serves the whole fleet)")
         print(f"""
 The demo runs: broker 127.0.0.1:{broker.port} (mutual TLS and the shipped ACL; certificates
 in {certs.folder}), cloud API {api}, edge agent '{GATEWAY}' replaying FD001 test engines at
-{args.rate:g} ticks/s each ({expected} ticks in all, about {replay_s:.0f} s). Alerts begin
+{args.rate:g} ticks/s each ({expected} ticks {span}, about {replay_s:.0f} s). Alerts begin
 when an engine nears its end of life: with every engine at 10 ticks/s the first came about
 12 s in here; the summary gives this run's figure.
 
@@ -245,12 +251,14 @@ Ctrl-C stops everything.""", flush=True)
                 if not replaying:
                     continue
                 ticks = total(edge, "pdm_edge_ticks_total")
-                print(f"  ticks {ticks}/{expected}, edge alerts "
+                progress = (f"{ticks} (lap {ticks // max(expected, 1) + 1})" if args.loop
+                            else f"{ticks}/{expected}")
+                print(f"  ticks {progress}, edge alerts "
                       f"{total(edge, 'pdm_edge_alerts_total')}, cloud windows scored "
                       f"{total(cloud, 'pdm_cloud_windows_scored_total')}, cloud alerts "
                       f"{total(cloud, 'pdm_cloud_alerts_total')}", flush=True)
                 stored = total(cloud, 'pdm_cloud_rows_inserted_total{table="ticks"}')
-                if ticks >= expected and stored >= ticks:
+                if not args.loop and ticks >= expected and stored >= ticks:
                     replaying = False
                     then = "Ctrl-C stops everything" if end is None else "running on to --duration"
                     print(f"  the replay has ended: all {ticks} ticks are in the cloud's store; "
