@@ -294,7 +294,8 @@ Ctrl-C stops everything.""", flush=True)
     print(f"  uplink: {received} ticks received = {stored} stored + {copies} copies "
           f"({ahead} in escalated windows sent ahead of their batch, "
           f"{max(copies - ahead, 0)} resent or replayed); "
-          f"{e('pdm_edge_outbox_depth')} still in the edge's outbox")
+          f"{max(e('pdm_edge_ticks_total') - stored, 0)} not in the cloud yet when it stopped "
+          f"(they stay in the edge's outbox)")
     esc, scored = e('pdm_edge_escalations_total'), e('pdm_edge_windows_scored_total')
     verdicts = e('pdm_edge_cloud_verdicts_total')
     overruled = total(edge, 'pdm_edge_cloud_verdicts_total{outcome="overruled"}')

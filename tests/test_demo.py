@@ -50,5 +50,5 @@ def test_the_demo_summary_adds_up(tmp_path):
     assert edge == stored == expected, summary
     assert received == stored + copies and copies == ahead + resent, summary
     assert ahead == 30 * escalations, summary  # each escalated window carries W=30 ticks
-    assert figure(summary, r"(\d+) still in the edge's outbox") == 0, summary
+    assert figure(summary, r"(\d+) not in the cloud yet") == 0, summary
     assert re.search(r"the first edge alert came \d+\.\d s after the agent started", summary)
