@@ -10,7 +10,7 @@ import typer
 
 from cloud_service import pki
 from cloud_service.config import ConfigError, load_config
-from contract.cli import HELP_OPTIONS
+from contract.cli import HELP_OPTIONS, describe_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=HELP_OPTIONS,
                   pretty_exceptions_enable=False,
@@ -40,6 +40,16 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="service YAML fi
     cfg = _config(config)
     logging.basicConfig(level=cfg.log.level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not cfg.bundle.wait:  # the signature and hashes only: the model loads in the service
+        from contract.bundle import verify_bundle
+        from contract.errors import ContractError
+
+        try:
+            verify_bundle(cfg.bundle.path, cfg.bundle.trusted_keys)
+        except (ContractError, OSError) as exc:
+            typer.echo(f"bundle: {describe_error(exc)} (set bundle.wait: true to start without "
+                       "a usable bundle, not ready until one is configured)", err=True)
+            raise typer.Exit(4) from None
     from cloud_service.store import StoreError, open_store
 
     try:  # fail early, in one line, on a store that cannot be opened (and migrate it)

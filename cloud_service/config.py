@@ -110,6 +110,10 @@ class BundleConfig(Section):
     path: Path = Path("models/default")
     trusted_keys: list[Path] = Field(
         default_factory=lambda: [Path("models/default_signing_key.pub")])
+    wait: bool = Field(
+        False, description="start even when the bundle is unusable, serving not ready "
+                           "(/readyz false; ticks stored) until a good bundle is configured; "
+                           "by default such a start is refused with exit code 4")
 
 
 class RegistryConfig(Section):

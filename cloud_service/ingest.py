@@ -316,6 +316,8 @@ class Consumer:
         self.metrics.rows_inserted.labels("ticks").inc(new)
         self.metrics.rows_inserted.labels("dead_letters").inc(len(dead))
         self.metrics.duplicate_ticks.inc(received - new)
+        self.metrics.escalated_ticks.inc(
+            sum(len(b.batch.timestamps) for b in batches if b.batch.escalated))
         try:
             self.on_inserted(inserted)
         except Exception:

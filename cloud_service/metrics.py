@@ -26,7 +26,12 @@ class Metrics:
         self.rows_inserted = Counter("pdm_cloud_rows_inserted", "rows written, by table",
                                      ["table"], registry=r)
         self.duplicate_ticks = Counter("pdm_cloud_duplicate_ticks",
-                                       "ticks already stored (redelivered), ignored", registry=r)
+                                       "ticks already stored (redelivered, or sent ahead in an "
+                                       "escalated window), ignored", registry=r)
+        self.escalated_ticks = Counter("pdm_cloud_escalated_ticks",
+                                       "ticks received in escalated windows: copies sent ahead "
+                                       "of their batch so the cloud can judge the window at once",
+                                       registry=r)
         self.dead_letters = Counter("pdm_cloud_dead_letters", "refused payloads, by reason",
                                     ["reason"], registry=r)
         for reason in REASONS:

@@ -107,6 +107,7 @@ class Agent:
         # sender takes and publishes a batch: an escalated window always goes out first.
         self._uplink_order = threading.Lock()
         self._pending: list[tuple[Callable[[], None], threading.Event]] = []
+        self._shown: set[str] = set()  # assets whose state is retained on the local broker
         self.outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes, len(self.manifest.features),
                              cfg.outbox.replay_window)
         self.queue: queue.Queue[Reading] = queue.Queue(maxsize=1_000)
@@ -162,7 +163,7 @@ class Agent:
         for i, src in enumerate(self.cfg.sources):
             if isinstance(src, CmapssSource):
                 streams = cmapss_streams(src.file, src.units, src.asset_prefix,
-                                         self.outbox.next_seq)
+                                         self.outbox.next_seq, src.loop)
                 self.replays.append(Replay(f"cmapss-{i}", streams, src.rate, self.emit,
                                            self.stopping))
             elif isinstance(src, CsvSource):
@@ -346,6 +347,10 @@ class Agent:
                 self.metrics.adopted.labels(p.basis).inc()
             if p.transition:
                 self._publish_alert(p)
+            elif p.judged is not None and p.tick.asset not in self._shown:
+                # The first decision of a quiet asset: its state retained all the same, so a
+                # viewer lists every scored asset, not only those that changed state.
+                self._publish_state(p)
 
     # --- escalation ----------------------------------------------------------------------
     def _escalate(self, p: Processed) -> None:
@@ -387,12 +392,16 @@ class Agent:
             log.info("cloud overruled the edge on %s seq %d: p=%.3f", event.asset, event.seq,
                      event.probability)
 
+    def _publish_state(self, p: Processed) -> None:
+        self.local.publish(topics.state(self.gateway, p.tick.asset),
+                           codec.encode_json(self.pipeline.asset_state(p)), retain=True)
+        self._shown.add(p.tick.asset)
+
     def _publish_alert(self, p: Processed) -> None:
         latency = time.perf_counter() - p.reading.arrived
         event = self.pipeline.alert_event(p, latency * 1000)
         self.local.publish(topics.alert(self.gateway, p.tick.asset), codec.encode_json(event))
-        self.local.publish(topics.state(self.gateway, p.tick.asset),
-                           codec.encode_json(self.pipeline.asset_state(p)), retain=True)
+        self._publish_state(p)
         self.metrics.alerts.labels(event.new_state.value).inc()
         self.metrics.alert_latency.observe(latency)
         self.urgent.set()

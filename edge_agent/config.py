@@ -34,6 +34,8 @@ class CmapssSource(Section):
     rate: float = Field(1.0, ge=0,
                         description="ticks per second per asset; 0 = as fast as possible")
     asset_prefix: str = "engine-"
+    loop: bool = Field(False, description="start each unit again from its first cycle when it "
+                                          "ends (a demo that runs on); the sequence goes on")
 
 
 class CsvSource(Section):

@@ -189,3 +189,36 @@ def test_sigkill_mid_stream_loses_no_tick(tmp_path, broker, bundle):
             except subprocess.TimeoutExpired:
                 proc.kill()
     assert "Traceback" not in log.read_text()
+
+
+def test_an_unusable_bundle_refuses_the_start_in_one_line(tmp_path, broker, bundle):
+    config, _ = write_config(tmp_path, broker, (tmp_path / "no-such-bundle", bundle[1]))
+    run = cli("run", "--config", str(config))
+    assert run.returncode == 4, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bundle: ")
+    assert "no-such-bundle" in lines[0] and "bundle.wait" in lines[0]
+    assert not (tmp_path / "cloud.db").exists()  # refused before anything was created
+
+
+def test_bundle_wait_serves_not_ready_until_a_bundle_is_usable(tmp_path, broker, bundle):
+    config, port = write_config(tmp_path, broker, (tmp_path / "no-such-bundle", bundle[1]))
+    doc = yaml.safe_load(config.read_text())
+    doc["bundle"]["wait"] = True
+    config.write_text(yaml.safe_dump(doc))
+    log = tmp_path / "cloud.log"
+    proc = start(config, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -188,6 +188,16 @@ def test_cmapss_streams_resume_after_the_ticks_already_taken(data_dir):
         cmapss_streams(data_dir / "test_FD001.txt", [101], "e", lambda a: 0)
 
 
+def test_cmapss_streams_loop_from_the_first_cycle_when_a_unit_ends(data_dir):
+    """Unit 1 has 31 cycles: a looping stream resumed after 40 ticks is 9 into its 2nd lap."""
+    looping = cmapss_streams(data_dir / "test_FD001.txt", [1], "engine-", lambda a: 40,
+                             loop=True)["engine-1"]
+    cycles = [int(next(looping)["cycle"]) for _ in range(31)]
+    assert cycles == [*range(10, 32), *range(1, 10)]
+    once = cmapss_streams(data_dir / "test_FD001.txt", [1], "engine-", lambda a: 29)
+    assert [int(row["cycle"]) for row in once["engine-1"]] == [30, 31]
+
+
 def test_csv_rows_parse_numbers_and_name_missing_columns(tmp_path):
     f = tmp_path / "x.csv"
     f.write_text("machine,t,a,b\nm1,1,0.5,oops\n")

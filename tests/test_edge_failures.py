@@ -139,6 +139,14 @@ def test_cli_errors_are_one_line_and_h_is_help(tmp_path):
         out = cli(*args)
         assert out.returncode == 0, (args, out.stderr)
         assert "Usage:" in out.stdout, args
+    for args, bad in ((("edge_agent", "alerts", "--prot", "1"), "No such option: --prot"),
+                      (("cloud_service", "run", "--confg", "x.yaml"), "No such option: --confg"),
+                      (("converter", "bogus"), "No such command 'bogus'"),
+                      (("edge_agent", "alerts", "--port", "x"), "Invalid value for '--port'")):
+        out = cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
+        assert out.stderr.startswith(f"error: {bad}") and "-h'" in out.stderr, out.stderr
 
 
 @pytest.mark.security

@@ -161,5 +161,10 @@ def test_unsure_windows_are_escalated_ahead_of_their_batch_and_answered(
     assert on_cloud >= 1
     assert metric(edge, "pdm_edge_escalated_decisions_total") == len(asked)
     assert metric(cloud_page, "pdm_cloud_verdicts_total") >= len(asked)
+    # every tick stored once; the escalated windows' ticks are the copies received besides
+    copies = metric(cloud_page, "pdm_cloud_escalated_ticks_total")
+    assert copies == window * len(escalated)
+    assert metric(cloud_page, "pdm_cloud_ticks_received_total") == sum(want.values()) + copies
+    assert metric(cloud_page, "pdm_cloud_duplicate_ticks_total") == copies
     print(f"\nescalated {len(escalated)} of {sum(n - window + 1 for n in want.values())} "
           f"windows; the cloud overruled {overruled}; {on_cloud:.0f} decided on its verdict")

@@ -24,10 +24,20 @@ def unit_rows(path: Path) -> dict[int, np.ndarray]:
     return {int(block[0, 0]): block for block in np.split(data, starts[1:])}
 
 
+def _unit_stream(rows: np.ndarray, start: int, loop: bool) -> Iterator[dict]:
+    while True:
+        for r in rows[start:]:
+            yield dict(zip(COLUMNS, map(float, r), strict=True))
+        if not loop:
+            return
+        start = 0
+
+
 def cmapss_streams(path: Path, units: list[int] | str, prefix: str,
-                   skip: Callable[[str], int]) -> dict[str, Iterator[dict]]:
+                   skip: Callable[[str], int], loop: bool = False) -> dict[str, Iterator[dict]]:
     """One iterator of rows (column name -> value) per unit, skipping `skip(asset)` rows that
-    were already accepted before a restart."""
+    were already accepted before a restart; with `loop` each unit starts again from its first
+    cycle when it ends (as if the engine were replaced), forever."""
     by_unit = unit_rows(Path(path))
     present = sorted(by_unit)
     chosen: list[int] = present if isinstance(units, str) else list(units)
@@ -39,8 +49,8 @@ def cmapss_streams(path: Path, units: list[int] | str, prefix: str,
     for unit in chosen:
         asset = f"{prefix}{unit}"
         rows = by_unit[unit]
-        streams[asset] = (dict(zip(COLUMNS, map(float, r), strict=True))
-                          for r in rows[skip(asset):])
+        done = skip(asset)
+        streams[asset] = _unit_stream(rows, done % len(rows) if loop else done, loop)
     return streams
 
 
