@@ -1,0 +1,191 @@
+"""Serverless handlers: HTTP scoring and the IoT rule function, in-process and under the real
+`awslambdaric` runtime client driven through a local Lambda Runtime API endpoint."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_service.config import StoreConfig
+from cloud_service.serverless import http, iot
+from cloud_service.serverless.local_runtime import RuntimeApi
+from cloud_service.serverless.model import load
+from cloud_service.store import open_store
+from cloud_service.windows import assemble_windows
+from contract import codec, topics
+from contract.payloads import UplinkBatch
+from tests.conftest import DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY
+from tests.support.procs import track
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {"PDM_BUNDLE": str(DEFAULT_BUNDLE), "PDM_BUNDLE_KEY": str(DEFAULT_BUNDLE_KEY)}
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load(DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY)
+
+
+@pytest.fixture(scope="module")
+def keras(loaded):
+    """The container's model (TensorFlow), for the equality check."""
+    from cloud_service.model import KerasModel
+    return KerasModel(DEFAULT_BUNDLE, loaded.manifest)
+
+
+@pytest.fixture(autouse=True)
+def _bundle_env(monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+def raw_ticks(manifest, n: int, seed: int = 0, drift: float = 0.0) -> np.ndarray:
+    """Sensor rows around the training distribution, drifting towards a fault."""
+    rng = np.random.default_rng(seed)
+    norm = manifest.normalisation
+    z = rng.normal(0, 1, (n, len(manifest.features))) + np.linspace(0, drift, n)[:, None]
+    return (np.asarray(norm.offset) + z * np.asarray(norm.scale)).astype(np.float32)
+
+
+def uplink_event(manifest, first_seq: int, rows: np.ndarray, gateway: str = "gw1",
+                 asset: str = "a1") -> dict:
+    n = len(rows)
+    batch = UplinkBatch(gateway=gateway, asset=asset, first_seq=first_seq,
+                        timestamps=1_800_000_000.0 + np.arange(first_seq, first_seq + n),
+                        features=tuple(manifest.features), values=rows,
+                        probability=np.full(n, 0.25, np.float32),
+                        rul=np.full(n, 60.0, np.float32), model_version="edge-1")
+    return {"topic": topics.uplink(gateway),
+            "payload": base64.b64encode(codec.encode_uplink(batch)).decode(),
+            "received_ms": 1_800_000_100_000}
+
+
+def http_event(body: object, url: bool = False) -> dict:
+    """API Gateway HTTP API v2 event, or the function URL's (same payload format 2.0)."""
+    text = json.dumps(body)
+    ctx = {"http": {"method": "POST", "path": "/score", "sourceIp": "127.0.0.1"},
+           "requestId": "r1", "stage": "$default"}
+    if url:
+        ctx["domainName"] = "abc.lambda-url.eu-west-1.on.aws"
+        return {"version": "2.0", "rawPath": "/", "headers": {}, "requestContext": ctx,
+                "body": base64.b64encode(text.encode()).decode(), "isBase64Encoded": True}
+    return {"version": "2.0", "routeKey": "POST /score", "rawPath": "/score", "headers": {},
+            "requestContext": ctx, "body": text, "isBase64Encoded": False}
+
+
+def test_http_scores_like_the_container(loaded, keras):
+    m = loaded.manifest
+    rows = raw_ticks(m, 3 * m.window, drift=6.0)
+    windows = np.stack([rows[i:i + m.window] for i in range(0, 3 * m.window, m.window)])
+    out = http.handler(http_event({"windows": windows.tolist()}))
+    assert out["statusCode"] == 200, out
+    body = json.loads(out["body"])
+    assert body["model_version"] == m.version
+    prob, rul = keras(m.normalisation.apply(windows).astype(np.float32))
+    got = body["predictions"]
+    assert len(got) == 3
+    np.testing.assert_allclose([g["probability"] for g in got], prob, atol=1e-4)
+    np.testing.assert_allclose([g["rul"] for g in got], rul, atol=1e-2)
+    cut = m.thresholds.decision
+    assert [g["decision"] for g in got] == ["fault" if p >= cut else "normal" for p in prob]
+    # Named columns in another order give the same scores.
+    order = list(reversed(m.features))
+    shuffled = windows[:, :, [list(m.features).index(f) for f in order]]
+    again = json.loads(http.handler(http_event({"windows": shuffled.tolist(),
+                                                "features": order}, url=True))["body"])
+    assert again == body
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("not json", "not JSON"),
+    ({"rows": []}, '"windows"'),
+    ({"windows": []}, "non-empty"),
+    ({"windows": [[[1.0, 2.0]]]}, "rows of"),
+    ({"windows": [[["x"] * 14] * 30]}, "rows of"),
+    ({"windows": [[[float("nan")] * 14] * 30]}, "non-finite"),
+    ({"windows": [[[0.0] * 14] * 30], "features": ["a"]}, "lack"),
+    ({"windows": [[[0.0] * 14] * 30], "extra": 1}, "unknown"),
+])
+def test_http_bad_input_is_a_400_with_the_reason(loaded, body, reason):
+    event = http_event(body)
+    if isinstance(body, str):
+        event["body"] = body
+    out = http.handler(event)
+    assert out["statusCode"] == 400
+    assert reason in json.loads(out["body"])["error"]
+
+
+def test_iot_stores_scores_and_is_idempotent(loaded, keras, postgres_url):
+    m = loaded.manifest
+    w = m.window
+    store = open_store(StoreConfig(url=postgres_url))
+    try:
+        rows = raw_ticks(m, w + 20, seed=3, drift=4.0)
+        first = uplink_event(m, 0, rows[:w + 5])
+        out = iot.handle(first, store, loaded)
+        assert (out.stored_ticks, out.scored) == (w + 5, 6)
+        assert iot.handle(first, store, loaded) == iot.Outcome(0, 0)  # redelivered
+        second = uplink_event(m, w + 5, rows[w + 5:])
+        assert iot.handle(second, store, loaded) == iot.Outcome(15, 15)
+        assert iot.handle(second, store, loaded) == iot.Outcome(0, 0)
+        preds = store.predictions("gw1", "a1", -1, None, 1000)
+        assert [p["seq"] for p in preds] == list(range(w - 1, w + 20))
+        ends = [p["seq"] for p in preds]
+        x = assemble_windows(np.arange(w + 20), rows, ends, m)
+        prob, rul = keras(x)
+        np.testing.assert_allclose([p["probability"] for p in preds], prob, atol=1e-4)
+        np.testing.assert_allclose([p["rul"] for p in preds], rul, atol=1e-2)
+        assert {p["edge_probability"] for p in preds} == {0.25}
+        # A payload naming another gateway than its topic is a dead letter, not stored ticks.
+        bad = dict(uplink_event(m, 100, rows[:3], gateway="gw2"), topic=topics.uplink("gw1"))
+        assert iot.handle(bad, store, loaded).dead_letter == "gateway-mismatch"
+        with pytest.raises(iot.BadEvent):
+            iot.parse_event({"topic": "x", "payload": "%%%"})
+    finally:
+        store.close()
+
+
+def start_runtime(api: RuntimeApi, handler: str, extra: dict | None = None,
+                  ) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), AWS_LAMBDA_RUNTIME_API=api.address, **ENV,
+               **(extra or {}))
+    return track(subprocess.Popen([sys.executable, "-m", "awslambdaric", handler], cwd=REPO,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+
+
+def test_handlers_under_awslambdaric(loaded, postgres_url):
+    m = loaded.manifest
+    windows = np.stack([raw_ticks(m, m.window, seed=s) for s in range(2)])
+    direct = json.loads(http.handler(http_event({"windows": windows.tolist()}))["body"])
+    with RuntimeApi() as api:
+        proc = start_runtime(api, "cloud_service.serverless.http.handler")
+        try:
+            for url in (False, True):
+                res = api.invoke(http_event({"windows": windows.tolist()}, url=url))
+                assert res.ok and res.body["statusCode"] == 200, res.body
+                assert json.loads(res.body["body"]) == direct
+            res = api.invoke(http_event({"windows": "no"}))
+            assert res.ok and res.body["statusCode"] == 400
+        finally:
+            proc.kill()
+            proc.wait()
+    with RuntimeApi() as api:
+        proc = start_runtime(api, "cloud_service.serverless.iot.handler",
+                             {"PDM_STORE_URL": postgres_url})
+        try:
+            event = uplink_event(m, 0, raw_ticks(m, m.window + 1, seed=5))
+            res = api.invoke(event)
+            assert res.ok and res.body == {"stored_ticks": m.window + 1, "scored": 2,
+                                           "dead_letter": None}, res.body
+            assert api.invoke(event).body == {"stored_ticks": 0, "scored": 0,
+                                              "dead_letter": None}
+        finally:
+            proc.kill()
+            proc.wait()
