@@ -189,3 +189,56 @@ def test_handlers_under_awslambdaric(loaded, postgres_url):
         finally:
             proc.kill()
             proc.wait()
+
+
+def test_template_passes_cfn_lint():
+    exe = Path(sys.executable).parent / "cfn-lint"
+    if not exe.exists():
+        pytest.skip("cfn-lint not installed (pip install cfn-lint, in the dev extra)")
+    r = subprocess.run([str(exe), str(REPO / "deploy" / "aws" / "serverless.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def cost_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cloud_service", "cost", *args], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cost_cli_prints_costs_break_even_and_writes_png(tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps([
+        {"variant": "lambda-litert", "cold_start_ms": 230.0, "warm_ms_median": 4.0,
+         "warm_ms_p99": 9.0, "package_mb": 165.0, "peak_rss_mb": 73.0},
+        {"variant": "container (KerasModel)", "warm_ms_median": 0.5, "warm_ms_p99": 0.7,
+         "cold_start_ms": None, "package_mb": None, "peak_rss_mb": None}]))
+    png = tmp_path / "cost.png"
+    r = cost_cli("--assets", "20", "--ticks-per-s", "1", "--bench-json", str(bench),
+                 "--png", str(png))
+    assert r.returncode == 0, r.stderr
+    assert "Lambda 4 ms/window" in r.stdout
+    assert "container cheaper from" in r.stdout and "container: fargate" in r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad, why in ((["--assets", "0", "--ticks-per-s", "1"], "assets must be a positive"),
+                     (["--assets", "5", "--ticks-per-s", "-1"], "ticks-per-s must be a positive"),
+                     (["--assets", "5", "--ticks-per-s", "1", "--stride", "0"], "stride"),
+                     (["--assets", "five", "--ticks-per-s", "1"], "Invalid value for '--assets'"),
+                     (["--assets", "5", "--ticks-per-s", "1", "--prices", str(bench)],
+                      "price table")):
+        r = cost_cli(*bad, "--png", str(tmp_path / "x.png"))
+        assert r.returncode == 2 and why in " ".join(r.stderr.split()), (bad, r.stderr)
+
+
+def test_cost_model_break_even_is_where_the_lines_cross():
+    from cloud_service import cost as c
+    prices = c.load_prices()
+    fleet, compute = c.Fleet(1, 1.0), c.Compute()
+    for platform in c.PLATFORMS:
+        n = c.break_even(fleet, compute, prices, platform)
+        assert n is not None and n > 1
+        at, before = fleet.with_assets(n), fleet.with_assets(n - 1)
+        assert c.container_month(at, compute, prices, platform) <= c.lambda_month(
+            at, compute, prices)
+        assert c.container_month(before, compute, prices, platform) > c.lambda_month(
+            before, compute, prices)
