@@ -116,10 +116,10 @@ def score_new_windows(store: Store, loaded: Loaded, inserted: list[Inserted],
                 plan.append((item.key, todo))
     if not plan:
         return 0
-    ticks = store.windows_ticks([(key, ends[0] - w + 1, ends[-1]) for key, ends in plan])
+    ticks = store.windows_ticks([(key, todo[0] - w + 1, todo[-1]) for key, todo in plan])
     maps: dict[int, FeatureMap] = {}
     write = ScoreWrite()
-    for key, ends in plan:
+    for key, todo in plan:
         t = ticks[key]
         rows = np.zeros((len(t.seqs), len(manifest.features)), np.float32)
         usable = np.ones(len(t.seqs), bool)
@@ -132,10 +132,10 @@ def score_new_windows(store: Store, loaded: Loaded, inserted: list[Inserted],
                 continue
             raw = np.frombuffer(b"".join(t.values[i] for i in at), "<f4").reshape(len(at), -1)
             rows[at] = raw[:, fm.index]
-        last = np.searchsorted(t.seqs, ends)
-        good = [e for e, i in zip(ends, last, strict=True) if usable[i - w + 1:i + 1].all()]
+        last = np.searchsorted(t.seqs, todo)
+        good = [e for e, i in zip(todo, last, strict=True) if usable[i - w + 1:i + 1].all()]
         if not good:
-            log.warning("%s/%s: %d window(s) lack features the model needs", *key, len(ends))
+            log.warning("%s/%s: %d window(s) lack features the model needs", *key, len(todo))
             continue
         prob, rul = loaded.model(assemble_windows(t.seqs, rows, good, manifest))
         for end, p, r in zip(good, prob, rul, strict=True):

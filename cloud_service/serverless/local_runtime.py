@@ -86,7 +86,7 @@ class RuntimeApi:
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     def __enter__(self) -> RuntimeApi:
         self._thread.start()
