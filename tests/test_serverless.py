@@ -148,6 +148,12 @@ def test_iot_stores_scores_and_is_idempotent(loaded, keras, postgres_url):
         assert iot.handle(bad, store, loaded).dead_letter == "gateway-mismatch"
         with pytest.raises(iot.BadEvent):
             iot.parse_event({"topic": "x", "payload": "%%%"})
+        # While a container replica holds a lease, the function stores and leaves scoring
+        # (and alerting) to it.
+        store.heartbeat("replica-1", "t", 30.0)
+        more = uplink_event(m, w + 20, raw_ticks(m, 5, seed=4))
+        assert iot.handle(more, store, loaded) == iot.Outcome(5, 0, left_to_replicas=True)
+        assert len(store.predictions("gw1", "a1", w + 19, None, 100)) == 0
     finally:
         store.close()
 
@@ -183,9 +189,9 @@ def test_handlers_under_awslambdaric(loaded, postgres_url):
             event = uplink_event(m, 0, raw_ticks(m, m.window + 1, seed=5))
             res = api.invoke(event)
             assert res.ok and res.body == {"stored_ticks": m.window + 1, "scored": 2,
-                                           "dead_letter": None}, res.body
+                                           "dead_letter": None, "left_to_replicas": False}, res.body
             assert api.invoke(event).body == {"stored_ticks": 0, "scored": 0,
-                                              "dead_letter": None}
+                                              "dead_letter": None, "left_to_replicas": False}
         finally:
             proc.kill()
             proc.wait()

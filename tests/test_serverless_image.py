@@ -89,7 +89,8 @@ def test_lambda_image_answers_like_in_process(image, postgres_url, monkeypatch):
         try:
             event = uplink_event(m, 0, raw_ticks(m, m.window + 2, seed=9))
             res = api.invoke(event, 120)
-            assert res.body == {"stored_ticks": m.window + 2, "scored": 3, "dead_letter": None}
+            assert res.body == {"stored_ticks": m.window + 2, "scored": 3, "dead_letter": None,
+                                "left_to_replicas": False}
             assert api.invoke(event).body["scored"] == 0
         finally:
             podman("rm", "-f", "-t", "1", name)

@@ -8,8 +8,10 @@ range that have no prediction yet are scored and written, again ON CONFLICT DO N
 redelivered event (Lambda retries at least once) stores and scores nothing new.
 
 Replicas own assets through leases; a function does not take leases (it lives for one event).
-It writes predictions only, never the alert machine's state: alerting stays with the replicas,
-which skip windows already predicted. See docs/serverless.md for why.
+While any replica holds a live lease, the function only stores: the replicas score every
+window, in order, and drive the alert machines. With none, the function scores, writing
+predictions only (no alert state, which needs one ordered writer per asset). See
+docs/serverless.md for why.
 """
 
 from __future__ import annotations
@@ -61,10 +63,11 @@ class Outcome:
     stored_ticks: int
     scored: int
     dead_letter: str | None = None
+    left_to_replicas: bool = False
 
     def as_dict(self) -> dict:
         return {"stored_ticks": self.stored_ticks, "scored": self.scored,
-                "dead_letter": self.dead_letter}
+                "dead_letter": self.dead_letter, "left_to_replicas": self.left_to_replicas}
 
 
 _store: Store | None = None
@@ -163,9 +166,12 @@ def handle(event: object, store: Store, loaded: Loaded) -> Outcome:
     if not isinstance(decoded, Received):
         raise BadEvent(f"topic {topic} is not an uplink; route only uplinks to this function")
     inserted = store.write_ingest([decoded], [], [])
+    stored = sum(i.new_rows for i in inserted)
+    if store.live_replicas() > 0:
+        return Outcome(stored, 0, left_to_replicas=True)
     # Score even when nothing was new: a retry after a failed scoring step finishes it.
     scored = score_new_windows(store, loaded, inserted, time.time())
-    return Outcome(sum(i.new_rows for i in inserted), scored)
+    return Outcome(stored, scored)
 
 
 def handler(event: dict, context: object = None) -> dict:
