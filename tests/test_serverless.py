@@ -160,8 +160,9 @@ def test_iot_stores_scores_and_is_idempotent(loaded, keras, postgres_url):
 
 def start_runtime(api: RuntimeApi, handler: str, extra: dict | None = None,
                   ) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), AWS_LAMBDA_RUNTIME_API=api.address, **ENV,
-               **(extra or {}))
+    env = dict(os.environ, PYTHONPATH=str(REPO), AWS_LAMBDA_RUNTIME_API=api.address)
+    env.update(ENV)
+    env.update(extra or {})
     return track(subprocess.Popen([sys.executable, "-m", "awslambdaric", handler], cwd=REPO,
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
 
@@ -248,3 +249,23 @@ def test_cost_model_break_even_is_where_the_lines_cross():
             at, compute, prices)
         assert c.container_month(before, compute, prices, platform) > c.lambda_month(
             before, compute, prices)
+
+
+def test_a_bundle_that_fails_verification_is_an_init_error(tmp_path):
+    """The function refuses to start on a bundle signed by an untrusted key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    other = tmp_path / "other.pub"
+    other.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with RuntimeApi() as api:
+        api.submit(http_event({"windows": []}))
+        proc = start_runtime(api, "cloud_service.serverless.http.handler",
+                             {"PDM_BUNDLE_KEY": str(other)})
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert api.init_errors, "no init error was reported"
+        assert "refused" in json.dumps(api.init_errors)

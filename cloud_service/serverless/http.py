@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,12 @@ def score(x: np.ndarray) -> dict:
 def _response(status: int, body: dict) -> dict:
     return {"statusCode": status, "headers": {"content-type": "application/json"},
             "body": json.dumps(body)}
+
+
+if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+    # Under a runtime client: load (and verify) during the init phase, which Lambda runs at
+    # full CPU; a refused bundle is an init error, never a request answered.
+    get_model()
 
 
 def handler(event: dict, context: object = None) -> dict:

@@ -174,6 +174,10 @@ def handle(event: object, store: Store, loaded: Loaded) -> Outcome:
     return Outcome(stored, scored)
 
 
+if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+    get_model()  # in the init phase, as the HTTP function does; the store connects lazily
+
+
 def handler(event: dict, context: object = None) -> dict:
     """Entry point (`cloud_service.serverless.iot.handler`). A store error propagates, so
     Lambda retries the event; a malformed event does not (it would fail the same way)."""
