@@ -84,10 +84,7 @@ def run_handler(runtime: str, windows: np.ndarray, warm: int) -> dict:
 def package_mb(runtime: str) -> float:
     env = {"PDM_BUNDLE": str(BUNDLE), "PDM_BUNDLE_KEY": str(BUNDLE_KEY)}
     files = files_of(imported_modules(runtime, env))
-    extra = bundle_files(BUNDLE, BUNDLE_KEY)
-    if runtime == "tensorflow":
-        extra[f"bundle/{'model.keras'}"] = BUNDLE / "model.keras"
-    return unzipped_mb(files | extra)
+    return unzipped_mb(files | bundle_files(BUNDLE, BUNDLE_KEY))
 
 
 def container_row(windows: np.ndarray, warm: int) -> dict:

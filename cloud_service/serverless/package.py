@@ -66,8 +66,9 @@ def files_of(modules: list[str]) -> dict[str, Path]:
 
 
 def bundle_files(bundle: Path, key: Path) -> dict[str, Path]:
-    files = {f"bundle/{p.name}": p for p in bundle.iterdir()
-             if p.is_file() and p.name != "model.keras"}  # the function runs the tflite file
+    # The whole bundle: the signed manifest lists every file and verification wants them all
+    # (the Keras model is small beside the runtime).
+    files = {f"bundle/{p.name}": p for p in bundle.iterdir() if p.is_file()}
     files["bundle_signing_key.pub"] = key
     return files
 
