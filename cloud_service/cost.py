@@ -17,9 +17,9 @@ HOURS_PER_MONTH = 730.0
 SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600
 UTILISATION = 0.6  # headroom a container keeps for bursts and the API
 PRICES = Path(__file__).resolve().parent.parent / "deploy" / "aws" / "prices.json"
-# Measured here (bench/results/serverless.json, 2026-11-25): a warm LiteRT invoke of one
-# window (runtime client round trip included) and the
-# container's batched per-window compute; Lambda's per-invoke overhead besides the model.
+# Measured here (python -m bench.serverless, 2026-11-25, the busier of two runs; Lambda's CPU
+# share at 512 MB is smaller still): a warm LiteRT invoke of one window, runtime client round
+# trip included; Lambda's per-invoke overhead besides it; the container's batched per window.
 LAMBDA_MS_PER_WINDOW = 3.7
 LAMBDA_OVERHEAD_MS = 1.0
 CONTAINER_MS_PER_WINDOW = 0.03
