@@ -9,7 +9,8 @@ import time
 
 from bench.common import console
 
-ALL = ["edge_inference", "edge_pipeline", "wire_size", "cloud_scoring", "cloud_ingest", "accuracy"]
+ALL = ["edge_inference", "edge_pipeline", "wire_size", "cloud_scoring", "cloud_ingest", "accuracy",
+       "serverless"]
 
 
 def main(names: list[str]) -> int:

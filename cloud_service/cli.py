@@ -125,3 +125,53 @@ def version() -> None:
     from cloud_service import __version__
 
     typer.echo(__version__)
+
+
+@app.command()
+def cost(
+    assets: int = typer.Option(..., "--assets", help="assets (engines, machines) in the fleet"),
+    ticks_per_s: float = typer.Option(..., "--ticks-per-s", help="ticks per second per asset"),
+    stride: float = typer.Option(1.0, "--stride", help="ticks between scored windows"),
+    batch_s: float = typer.Option(10.0, "--batch-s",
+                                  help="seconds of ticks per uplink batch (one invocation)"),
+    memory_mb: float = typer.Option(512.0, "--memory-mb", help="the function's memory size"),
+    prices: Path | None = typer.Option(None, "--prices",
+                                       help="price table JSON (default deploy/aws/prices.json)"),
+    bench_json: Path | None = typer.Option(None, "--bench-json",
+                                           help="per-window compute from `python -m "
+                                                "bench.serverless --json`"),
+    png: Path = typer.Option(Path("serverless-cost.png"), "--png",
+                             help="where to write cost against fleet size"),
+) -> None:
+    """Monthly cost of Lambda against a container deployment for a fleet, the break-even
+    fleet size, and a PNG of cost against fleet size."""
+    from cloud_service import cost as c
+
+    try:
+        fleet = c.Fleet(assets, ticks_per_s, stride, batch_s, memory_mb)
+        table = c.load_prices(prices or c.PRICES)
+        compute = c.load_compute(bench_json) if bench_json else c.Compute()
+        lam = c.lambda_month(fleet, compute, table)
+        rows = [(p, c.container_month(fleet, compute, table, p),
+                 c.break_even(fleet, compute, table, p)) for p in c.PLATFORMS]
+    except c.CostError as exc:
+        typer.echo(f"cost: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"fleet: {assets} assets x {ticks_per_s:g} ticks/s, stride {stride:g} -> "
+               f"{fleet.windows_per_s():,.1f} windows/s; prices {table.get('region', '?')} as "
+               f"of {table.get('as_of', '?')}")
+    typer.echo(f"compute: Lambda {compute.lambda_ms_per_window:g} ms/window + "
+               f"{compute.lambda_overhead_ms:g} ms/invoke at {memory_mb:g} MB; container "
+               f"{compute.container_ms_per_window:g} ms/window")
+    typer.echo(f"{'deployment':<24}{'USD/month':>12}  break-even (assets)")
+    typer.echo(f"{'lambda':<24}{lam:>12,.2f}")
+    for platform, month, even in rows:
+        where = f"container cheaper from {even:,}" if even else "Lambda cheaper up to 10M"
+        typer.echo(f"{'container: ' + platform:<24}{month:>12,.2f}  {where}")
+    biggest = max([e for _, _, e in rows if e] + [assets])
+    try:
+        c.plot(fleet, compute, table, png, upto=max(100, biggest * 10))
+    except OSError as exc:
+        typer.echo(f"cost: cannot write {png}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {png}")
