@@ -53,8 +53,8 @@ class StoreConfig(Section):
     password_file: Path | None = Field(
         None, description="PostgreSQL password read from this file (a mounted secret)")
     pool_size: int = Field(
-        8, ge=2, le=200, description="PostgreSQL connections at most (recovery holds one "
-                                     "while it looks up others)")
+        8, ge=2, le=200, description="PostgreSQL connections at most (ingest, scoring and "
+                                     "the API each take their own)")
     pool_timeout: float = Field(
         10, gt=0, le=600, description="seconds a store call waits for a PostgreSQL connection "
                                       "before it fails (and its caller retries)")
