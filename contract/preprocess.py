@@ -10,6 +10,9 @@ window stays whole, and the flag says its score is less trustworthy).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from contract.manifest import Manifest, Normalisation, Regimes
@@ -121,6 +124,31 @@ class Normaliser:
         if self.regimes is not None:
             row[self._settings_at] = self._centres[0] * self._set_scale + self._set_offset
         return np.tile(row, (n, 1))
+
+
+class OutOfRegimeLog:
+    """When to log out-of-regime ticks: the first at once, then at most one line per
+    `interval` seconds carrying the count since the last line, so a machine running at an
+    unknown operating point for hours is reported, not repeated at every tick."""
+
+    def __init__(self, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: float | None = None
+        self._unreported = 0
+
+    def note(self, count: int, example: str) -> str | None:
+        """Record `count` flagged ticks (`example` names one); a log line when one is due."""
+        if count <= 0:
+            return None
+        self._unreported += count
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval:
+            return None
+        self._last, total, self._unreported = now, self._unreported, 0
+        return (f"{total} tick(s) out of every operating regime (e.g. {example}); scored with "
+                "the nearest regime's statistics")
 
 
 def normalise(rows: np.ndarray, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:

@@ -520,6 +520,16 @@ class Prepared:
         """The raw columns of a tick (features, then the settings regimes need)."""
         return self.normaliser.columns
 
+    @property
+    def scaling_note(self) -> str:
+        """One line for the training log: regimes, features, ticks out of regime."""
+        if self.regimes is None:
+            return f"one operating regime: {len(self.features)} features, global min-max"
+        flagged = ", ".join(f"{k} {v}" for k, v in self.out_of_regime.items())
+        return (f"{self.regimes.count} operating regimes from "
+                f"{', '.join(self.regimes.settings)}: {len(self.features)} features, "
+                f"{self.regimes.method} per regime; ticks out of regime: {flagged}")
+
 
 def cmapss_paths(data_dir: str | Path, subset: str,
                  needed: tuple[str, ...] = ("train", "test", "RUL")) -> dict[str, Path]:
