@@ -123,11 +123,16 @@ class Thresholds(_Strict):
 
 
 class Tolerances(_Strict):
-    """How far the edge model may stray from the float model and still ship."""
+    """How far the edge model may stray from the float model and still ship (the parity gate,
+    over every window of the test assets), and how closely a new bundle must agree with the
+    running one in a gateway's self-test before it swaps (`update_agreement`: two models
+    trained apart may differ more than one model and its quantized copy)."""
 
     f1_drop: float = 0.01
     rmse_rise: float = 0.5
-    decision_agreement: float = 0.99
+    decision_agreement: float = Field(0.999, gt=0, le=1)
+    max_prob_diff: float = Field(0.05, gt=0, le=1)
+    update_agreement: float = Field(0.99, gt=0, le=1)
 
 
 class EdgeModel(_Strict):

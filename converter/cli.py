@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contract.cli import HELP_OPTIONS
+from converter.recipe import ARCHITECTURES, DEFAULT_WINDOW, ModelConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=HELP_OPTIONS,
                   pretty_exceptions_enable=False,
@@ -61,20 +62,23 @@ def train(
     time_col: str = typer.Option("time", help="CSV column with the tick time"),
     features: str = typer.Option(None, help="CSV feature columns, comma separated "
                                             "(default: all others)"),
-    window: str = typer.Option("30", help="window length; a comma list is chosen by "
-                                          "validation loss"),
-    epochs: int = typer.Option(40, help="maximum epochs (early stopping on validation)"),
+    window: str = typer.Option(str(DEFAULT_WINDOW), help="window length; a comma list is "
+                                                         "chosen by validation loss"),
+    epochs: int = typer.Option(ModelConfig.epochs,
+                               help="maximum epochs (early stopping on validation)"),
+    arch: str = typer.Option(ModelConfig.arch, help="network body: cnn (temporal convolutions) "
+                                                    "or lstm"),
     quantize: str = typer.Option("auto", help="edge mode: int8, dynamic, float16, or auto "
                                               "(the fastest that passes the gate)"),
     sign_key: Path = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM)"),
     version: str = typer.Option(None, help="bundle version (default: subset-date)"),
     horizon: int = typer.Option(30, help="failure horizon H in ticks"),
     rul_cap: float = typer.Option(125.0, help="RUL cap"),
-    lstm1: int = typer.Option(64, help="units of the first LSTM"),
-    lstm2: int = typer.Option(32, help="units of the second LSTM"),
-    rul_weight: float = typer.Option(10.0, help="loss weight of the RUL head against the "
-                                                "failure head"),
-    dropout: float = typer.Option(0.2),
+    lstm1: int = typer.Option(ModelConfig.lstm1, help="units of the first LSTM (--arch lstm)"),
+    lstm2: int = typer.Option(ModelConfig.lstm2, help="units of the second LSTM (--arch lstm)"),
+    rul_weight: float = typer.Option(ModelConfig.rul_loss_weight,
+                                     help="loss weight of the RUL head against the failure head"),
+    dropout: float = typer.Option(ModelConfig.dropout),
     cell_penalty: float = typer.Option(0.0, help="loss weight keeping the LSTM cell states "
                                                  "within +-2 (narrower int8 ranges)"),
     seed: int = typer.Option(0),
@@ -86,7 +90,6 @@ def train(
 ) -> None:
     """Train on C-MAPSS (or a CSV), convert every edge mode, gate and write the bundle."""
     from converter.data import DataError, prepare_cmapss, prepare_csv
-    from converter.model import ModelConfig
     from converter.pipeline import AUTO, GateError, build, comparison_rows
     from converter.quantize import MODES
     from converter.verify import default_data_dir
@@ -95,8 +98,10 @@ def train(
         raise _fail(f"--quantize {quantize!r}: choose auto, {', '.join(MODES)}")
     if sign_key is not None and not sign_key.is_file():
         raise _fail(f"--sign-key {sign_key}: no such file (make one with `keygen`)")
-    cfg = ModelConfig(lstm1=lstm1, lstm2=lstm2, epochs=epochs, rul_loss_weight=rul_weight,
-                      dropout=dropout, cell_penalty=cell_penalty)
+    if arch not in ARCHITECTURES:
+        raise _fail(f"--arch {arch!r}: choose {', '.join(ARCHITECTURES)}")
+    cfg = ModelConfig(arch=arch, lstm1=lstm1, lstm2=lstm2, epochs=epochs,
+                      rul_loss_weight=rul_weight, dropout=dropout, cell_penalty=cell_penalty)
     feature_list = [f.strip() for f in features.split(",")] if features else None
 
     def prepare(w: int):

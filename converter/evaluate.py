@@ -162,6 +162,9 @@ def parity_gate(float_metrics: dict[str, float], edge_metrics: dict[str, float],
     if agreement["decision_agreement"] < tol.decision_agreement:
         failures.append(f"decisions agree on {agreement['decision_agreement']:.4%} of "
                         f"{agreement['windows']} windows, tolerance {tol.decision_agreement:.2%}")
+    if agreement["max_prob_diff"] > tol.max_prob_diff + 1e-12:
+        failures.append(f"probability differs by up to {agreement['max_prob_diff']:.4f}, "
+                        f"tolerance {tol.max_prob_diff}")
     return GateResult(failures)
 
 

@@ -1,9 +1,14 @@
-"""The two-head LSTM: failure probability within the horizon and remaining-life fraction.
+"""The two-head network: failure probability within the horizon and remaining-life fraction.
 
 Training uses a model with two named outputs (one loss each); the model that ships is an
 inference model over the same layers whose single output is concat([probability,
 rul_fraction]) of shape (batch, 2), the layout the manifest's `outputs` field describes.
-The LSTMs are unrolled: a looped LSTM does not convert to TFLite with an unfixed batch.
+
+Two bodies share the heads. The default is a temporal CNN (stacked 1-D convolutions over the
+window, then a dense layer): on C-MAPSS it is as accurate as the LSTM, trains in a fraction of
+the time and, having no recurrent state, quantizes to full int8 within the parity gate. The
+LSTM body stays available (`arch="lstm"`); its layers are unrolled, as a looped LSTM does not
+convert to TFLite with an unfixed batch.
 """
 
 from __future__ import annotations
@@ -15,30 +20,30 @@ import keras
 import numpy as np
 
 from converter.data import Windows
+from converter.recipe import ModelConfig
 
 PROBABILITY, RUL_FRACTION = "probability", "rul_fraction"
-
-
-@dataclass
-class ModelConfig:
-    lstm1: int = 64
-    lstm2: int = 32
-    dropout: float = 0.2
-    rul_loss_weight: float = 10.0
-    learning_rate: float = 2e-3
-    batch_size: int = 256
-    epochs: int = 40
-    patience: int = 6
-    cell_penalty: float = 0.0
-    cell_margin: float = 2.0
-    hidden_noise: float = 0.0
 
 
 CELL_STATE = "cell_state"
 
 
-def build_training_model(window: int, n_features: int, cfg: ModelConfig) -> keras.Model:
-    inputs = keras.Input(shape=(window, n_features), name="window")
+def _cnn_body(inputs: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
+    """Stacked same-padded convolutions keep the window's time axis, so the flattened
+    features still say *when* in the window a change happened (the slope matters for RUL)."""
+    x = inputs
+    for i in range(cfg.conv_layers):
+        kernel = cfg.kernel if i < cfg.conv_layers - 1 else 3
+        x = keras.layers.Conv1D(cfg.filters, kernel, padding="same", activation="relu",
+                                name=f"conv_{i + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout_1")(x)
+    return keras.layers.Dense(cfg.dense, activation="relu", name="dense")(x)
+
+
+def _lstm_body(inputs: keras.KerasTensor,
+               cfg: ModelConfig) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """Two unrolled LSTMs; also returns both final cell states (for the cell penalty)."""
     x, _, c1 = keras.layers.LSTM(cfg.lstm1, return_sequences=True, return_state=True,
                                  unroll=True, name="lstm_1")(inputs)
     if cfg.hidden_noise:
@@ -48,11 +53,20 @@ def build_training_model(window: int, n_features: int, cfg: ModelConfig) -> kera
     if cfg.hidden_noise:
         x = keras.layers.GaussianNoise(cfg.hidden_noise, name="noise_2")(x)
     x = keras.layers.Dropout(cfg.dropout, name="dropout_2")(x)
+    return x, keras.layers.Concatenate(name=CELL_STATE)([c1, c2])
+
+
+def build_training_model(window: int, n_features: int, cfg: ModelConfig) -> keras.Model:
+    inputs = keras.Input(shape=(window, n_features), name="window")
+    extra = {}
+    if cfg.arch == "lstm":
+        x, extra[CELL_STATE] = _lstm_body(inputs, cfg)
+    else:
+        x = _cnn_body(inputs, cfg)
     probability = keras.layers.Dense(1, activation="sigmoid", name=PROBABILITY)(x)
     rul = keras.layers.Dense(1, activation="sigmoid", name=RUL_FRACTION)(x)
-    cells = keras.layers.Concatenate(name=CELL_STATE)([c1, c2])
-    return keras.Model(inputs, {PROBABILITY: probability, RUL_FRACTION: rul, CELL_STATE: cells},
-                       name="pdm_lstm_train")
+    return keras.Model(inputs, {PROBABILITY: probability, RUL_FRACTION: rul, **extra},
+                       name=f"pdm_{cfg.arch}_train")
 
 
 def _cell_excess(margin: float):
@@ -70,7 +84,7 @@ def inference_model(trained: keras.Model) -> keras.Model:
     """The shipped model: the trained layers, one (batch, 2) output."""
     outputs = [trained.get_layer(PROBABILITY).output, trained.get_layer(RUL_FRACTION).output]
     joined = keras.layers.Concatenate(axis=-1, name="outputs")(outputs)
-    return keras.Model(trained.inputs, joined, name="pdm_lstm")
+    return keras.Model(trained.inputs, joined, name="pdm_model")
 
 
 @dataclass
@@ -86,25 +100,30 @@ def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: Model
     keras.utils.set_random_seed(seed)
     window, n_features = train.x.shape[1:]
     model = build_training_model(window, n_features, cfg)
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss={PROBABILITY: "binary_crossentropy", RUL_FRACTION: "mse",
-              CELL_STATE: _cell_excess(cfg.cell_margin)},
-        loss_weights={PROBABILITY: 1.0, RUL_FRACTION: cfg.rul_loss_weight,
-                      CELL_STATE: cfg.cell_penalty},
-    )
+    losses = {PROBABILITY: keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
+              RUL_FRACTION: "mse"}
+    weights = {PROBABILITY: 1.0, RUL_FRACTION: cfg.rul_loss_weight}
+    if cfg.arch == "lstm":
+        losses[CELL_STATE] = _cell_excess(cfg.cell_margin)
+        weights[CELL_STATE] = cfg.cell_penalty
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=losses,
+                  loss_weights=weights)
 
     def targets(w: Windows) -> dict[str, np.ndarray]:
-        return {PROBABILITY: w.labels(horizon)[:, None],
-                RUL_FRACTION: w.rul_fraction(rul_cap)[:, None],
-                CELL_STATE: np.zeros((len(w), 1), np.float32)}
+        out = {PROBABILITY: w.labels(horizon)[:, None],
+               RUL_FRACTION: w.rul_fraction(rul_cap)[:, None]}
+        if cfg.arch == "lstm":
+            out[CELL_STATE] = np.zeros((len(w), 1), np.float32)
+        return out
 
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                         restore_best_weights=True)
+    stop = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                              patience=cfg.lr_patience)]
     started = time.monotonic()
     fit = model.fit(train.x, targets(train), validation_data=(val.x, targets(val)),
                     epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
-                    callbacks=[stop], verbose=verbose)
+                    callbacks=stop, verbose=verbose)
     seconds = time.monotonic() - started
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     best = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else len(

@@ -29,6 +29,7 @@ from converter import model as lstm
 from converter import quantize
 from converter.data import Prepared, stratified_sample
 from converter.evaluate import ModelReport, head_metrics, measure
+from converter.recipe import ModelConfig
 
 HISTORY = "history.json"
 AUTO = "auto"
@@ -78,7 +79,7 @@ def _say(progress: Callable[[str], None] | None, text: str) -> None:
         progress(text)
 
 
-def train_and_measure(prepared: Prepared, horizon: int, rul_cap: float, cfg: lstm.ModelConfig,
+def train_and_measure(prepared: Prepared, horizon: int, rul_cap: float, cfg: ModelConfig,
                       modes: list[str], thresholds: Thresholds, tolerances: Tolerances,
                       seed: int = 0, calibration_windows: int = 1000, verbose: int = 2,
                       progress: Callable[[str], None] | None = None):
@@ -186,7 +187,7 @@ def write_bundle(out: Path, prepared: Prepared, trained: lstm.TrainResult,
 
 
 def build(prepared: Prepared, out: Path, version: str, sign_key: Path | None,
-          cfg: lstm.ModelConfig, mode: str = AUTO, horizon: int = 30, rul_cap: float = 125.0,
+          cfg: ModelConfig, mode: str = AUTO, horizon: int = 30, rul_cap: float = 125.0,
           thresholds: Thresholds | None = None, tolerances: Tolerances | None = None,
           seed: int = 0, calibration_windows: int = 1000, verbose: int = 2,
           progress: Callable[[str], None] | None = None) -> Built:

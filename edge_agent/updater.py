@@ -239,7 +239,7 @@ def self_test(new: Scorer, old: Scorer, windows: list[np.ndarray], manifest: Man
     if not windows:
         return "self-test on a neutral window only (no windows held yet)"
     share = agree / len(windows)
-    need = manifest.tolerances.decision_agreement
+    need = manifest.tolerances.update_agreement
     if share < need:
         raise UpdateError(f"self-test: decisions agree with the running model on {share:.1%} "
                           f"of {len(windows)} held windows, the manifest asks for {need:.1%}")

@@ -162,7 +162,8 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory, keys):
-    """A bundle from 8 units, one epoch, small LSTMs, int8 edge model: built through the CLI."""
+    """A bundle from 8 units, one epoch, the default network, int8 edge model: built through
+    the CLI."""
     if not (DATA_DIR / "train_FD001.txt").exists():
         pytest.skip(f"C-MAPSS data not found in {DATA_DIR}")
     from converter.cli import app
@@ -170,7 +171,7 @@ def tiny_bundle(tmp_path_factory, keys):
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     result = runner.invoke(app, ["train", "--data", str(DATA_DIR), "--out", str(out),
                                  "--max-units", "8", "--epochs", "1", "--window", "20",
-                                 "--lstm1", "8", "--lstm2", "4", "--quantize", "int8",
+                                 "--quantize", "int8",
                                  "--calibration-windows", "100", "--version", "tiny-1",
                                  "--sign-key", str(keys[0])])
     assert result.exit_code == 0, result.output
@@ -250,6 +251,45 @@ def test_an_edge_model_that_disagrees_fails_the_gate(tiny_bundle, keys, tmp_path
                                  "--data", str(DATA_DIR)])
     assert result.exit_code == 1, result.output
     assert "parity gate:" in result.output and "RUL RMSE rises" in result.output
+
+
+def test_the_gate_refuses_each_tolerance_it_misses_and_names_the_figure():
+    from contract.manifest import Tolerances
+    from converter.evaluate import parity_gate
+
+    tol = Tolerances()
+    assert (tol.decision_agreement, tol.max_prob_diff) == (0.999, 0.05)
+    ref = {"f1": 0.95, "rmse": 12.0}
+    close = {"windows": 10000, "decision_agreement": 0.9995, "max_prob_diff": 0.04}
+    assert parity_gate(ref, {"f1": 0.945, "rmse": 12.3}, close, tol).passed
+    jumpy = dict(close, max_prob_diff=0.0622)
+    gate = parity_gate(ref, ref, jumpy, tol)
+    assert not gate.passed and str(gate) == "probability differs by up to 0.0622, tolerance 0.05"
+    split = dict(close, decision_agreement=0.9985)
+    assert "decisions agree on 99.8500% of 10000 windows, tolerance 99.90%" in str(
+        parity_gate(ref, ref, split, tol))
+    worse = parity_gate(ref, {"f1": 0.93, "rmse": 12.6}, close, tol)
+    assert "F1 drops by 0.0200" in str(worse) and "RUL RMSE rises by 0.600" in str(worse)
+
+
+def test_the_recipe_builds_both_bodies_with_the_two_named_heads():
+    from converter.model import CELL_STATE, PROBABILITY, RUL_FRACTION, build_training_model
+    from converter.recipe import DEFAULT_WINDOW, ModelConfig
+
+    cnn = build_training_model(DEFAULT_WINDOW, 14, ModelConfig())
+    assert set(cnn.output_names) == {PROBABILITY, RUL_FRACTION}
+    assert any(layer.name == "conv_1" for layer in cnn.layers)
+    lstm = build_training_model(30, 14, ModelConfig(arch="lstm", lstm1=8, lstm2=4))
+    assert set(lstm.output_names) == {PROBABILITY, RUL_FRACTION, CELL_STATE}
+    with pytest.raises(ValueError, match="unknown architecture 'gru'; choose one of cnn, lstm"):
+        ModelConfig(arch="gru")
+
+
+def test_train_refuses_an_unknown_architecture(tmp_path):
+    from converter.cli import app
+
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "b"), "--arch", "gru"])
+    assert result.exit_code == 2 and "--arch 'gru': choose cnn, lstm" in result.output
 
 
 def test_train_refuses_missing_data_and_unknown_mode(tmp_path):

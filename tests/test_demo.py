@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.bundle import read_manifest
+
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(
@@ -49,6 +51,7 @@ def test_the_demo_summary_adds_up(tmp_path):
     escalations = figure(summary, r"escalation: (\d+) windows sent")
     assert edge == stored == expected, summary
     assert received == stored + copies and copies == ahead + resent, summary
-    assert ahead == 30 * escalations, summary  # each escalated window carries W=30 ticks
+    window = read_manifest(REPO / "models" / "default").window
+    assert ahead == window * escalations, summary  # each escalated window carries W ticks
     assert figure(summary, r"(\d+) not in the cloud yet") == 0, summary
     assert re.search(r"the first edge alert came \d+\.\d s after the agent started", summary)

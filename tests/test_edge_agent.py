@@ -121,13 +121,14 @@ def test_unit_near_failure_raises_warning_then_critical_and_state_is_retained(
 
 def test_a_quiet_asset_has_a_retained_state_too(tmp_path, broker, data_dir):
     """A viewer counts every scored asset, not only those that changed state."""
-    config = write_config(tmp_path, broker, data_dir, units=[1, 34])  # true RUL 112 and 7
+    # true RUL 111 and 7; unit 9's 55 cycles fill a window (unit 1's 31 would not: no score)
+    config = write_config(tmp_path, broker, data_dir, units=[9, 34])
     finish(start_agent(config, "--exit-when-drained"))
     late = Recorder(broker.host, broker.port, [topics.subscription("state", GW)])
     assert late.wait_for(lambda ms: len(ms) >= 2, timeout=5), "retained states not delivered"
     states = {codec.decode_json(m.payload, AssetState).asset:
               codec.decode_json(m.payload, AssetState) for m in late.messages}
-    assert states["engine-1"].state.value == "NORMAL" and states["engine-1"].seq >= 0
+    assert states["engine-9"].state.value == "NORMAL" and states["engine-9"].seq >= 0
     assert states["engine-34"].state.value == "CRITICAL"
     late.close()
 

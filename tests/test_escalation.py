@@ -55,12 +55,13 @@ def test_adopting_agent_decides_escalated_windows_on_the_verdict_else_on_its_own
     pipeline, readings = replayed_pipeline(data_dir, 31, escalation_band=0.5, adopt_deadline=2)
     pipeline.gate.clock = lambda: now[0]
     decided = []
-    for seq, reading in enumerate(readings[:40]):
+    ticks = pipeline.manifest.window + 10  # eleven full windows, whatever the window length
+    for seq, reading in enumerate(readings[:ticks]):
         p = pipeline.process(reading)
         p.tick.seq = seq
         decided += pipeline.decide(p)
         assert p.score is None or p.escalate == "near-threshold"
-    assert decided == [] and pipeline.holding() == 40 - pipeline.manifest.window + 1
+    assert decided == [] and pipeline.holding() == ticks - pipeline.manifest.window + 1
     first = pipeline.manifest.window - 1
     assert pipeline.assets["engine-31"].machine.state.value == "NORMAL"
     # The cloud calls the early windows failing: the edge takes its word (healthy as they
@@ -77,7 +78,7 @@ def test_adopting_agent_decides_escalated_windows_on_the_verdict_else_on_its_own
     assert pipeline.expire() == []
     now[0] += 2.5
     rest = pipeline.expire()
-    assert [p.tick.seq for p in rest] == list(range(first + 5, 40))
+    assert [p.tick.seq for p in rest] == list(range(first + 5, ticks))
     assert all(p.basis == "edge" and p.judged == p.score for p in rest)
     assert pipeline.holding() == 0
 
