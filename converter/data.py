@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from contract.cmapss import COLUMNS, SENSORS, SETTINGS, CmapssFormatError, read_cmapss
-from contract.manifest import Normalisation
+from contract.drift import describe_training
+from contract.manifest import Normalisation, TrainingStats
 from contract.preprocess import pad_front, sliding_windows
 
 DEFAULT_HORIZON = 30
@@ -219,6 +220,13 @@ def minmax_normalisation(fleet: Fleet) -> Normalisation:
                          scale=[float(v) for v in scale])
 
 
+def training_stats(fleet: Fleet) -> TrainingStats:
+    """The training distribution of every feature of `fleet` (the training split, raw values,
+    features in manifest order), recorded in the manifest so the cloud can tell when an
+    asset's inputs drift away from it (contract/drift.py)."""
+    return describe_training(np.concatenate(list(fleet.series.values())))
+
+
 # --------------------------------------------------------------------------- windows, labels
 
 @dataclass
@@ -324,6 +332,7 @@ class Prepared:
     train_assets: list[str]
     val_assets: list[str]
     test_assets: list[str]
+    training_stats: TrainingStats | None = None
 
 
 def cmapss_paths(data_dir: str | Path, subset: str,
@@ -384,7 +393,7 @@ def prepare_cmapss(data_dir: str | Path, subset: str, window: int, val_fraction:
                    f"units against RUL_{subset}.txt")
     return Prepared(f"C-MAPSS {subset}", dict(paths), features, norm, window,
                     all_windows(train_fleet, norm, window), all_windows(val_fleet, norm, window),
-                    test, train_ids, val_ids, test_fleet.assets)
+                    test, train_ids, val_ids, test_fleet.assets, training_stats(train_fleet))
 
 
 def prepare_csv(path: str | Path, asset_col: str, time_col: str,
@@ -407,4 +416,4 @@ def prepare_csv(path: str | Path, asset_col: str, time_col: str,
     return Prepared(f"CSV {Path(path).name}", {Path(path).name: Path(path)}, features, norm,
                     window, all_windows(train_fleet.select(features), norm, window),
                     all_windows(fleet.subset(val_ids).select(features), norm, window), test,
-                    train_ids, val_ids, test_ids)
+                    train_ids, val_ids, test_ids, training_stats(train_fleet.select(features)))

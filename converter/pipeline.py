@@ -171,7 +171,7 @@ def write_bundle(out: Path, prepared: Prepared, trained: lstm.TrainResult,
             thresholds=thresholds, tolerances=tolerances,
             edge=EdgeModel(file=edge_file, quantization=chosen.mode),
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
-            metrics=metrics)
+            metrics=metrics, training_stats=prepared.training_stats)
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
         if sign_key is not None:
             sign_bundle(tmp, sign_key)

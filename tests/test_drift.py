@@ -1,0 +1,153 @@
+"""Drift core (contract/drift.py) and the converter's training statistics, on real C-MAPSS data.
+
+The FD001 training statistics the cloud tests use are committed (tests/data/
+fd001_training_stats.json, made by `converter.data.training_stats` from the training split of
+train_FD001); a test below rebuilds them from the full data set where it is present.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from contract.drift import (
+    DriftError,
+    DriftSettings,
+    DriftState,
+    assess,
+    bin_shares,
+    describe_feature,
+    describe_training,
+    psi,
+)
+from contract.manifest import FeatureBins, Manifest, TrainingStats
+from converter.data import choose_features, load_cmapss, split_assets, training_stats
+
+REPO = Path(__file__).resolve().parent.parent
+STATS_FILE = REPO / "tests" / "data" / "fd001_training_stats.json"
+FD002_EXCERPT = REPO / "data" / "cmapss" / "test_FD002_units1-5.txt"
+MANIFEST = json.loads((REPO / "models" / "default" / "manifest.json").read_text())
+FEATURES: list[str] = MANIFEST["features"]
+SETTINGS = DriftSettings()
+WINDOW = 200  # recent ticks per asset, the cloud's default
+
+
+def fd001_stats() -> TrainingStats:
+    return TrainingStats.model_validate_json(STATS_FILE.read_text())
+
+
+def recent_reports(path: Path, stats: TrainingStats) -> dict[str, object]:
+    fleet = load_cmapss(path).select(FEATURES)
+    return {asset: assess(rows[-WINDOW:], FEATURES, stats, SETTINGS)
+            for asset, rows in fleet.series.items()}
+
+
+def test_fd001_test_engines_do_not_drift(data_dir):
+    reports = recent_reports(data_dir / "test_FD001.txt", fd001_stats())
+    judged = {a: r for a, r in reports.items() if r.state is not DriftState.UNAVAILABLE}
+    assert len(judged) >= 90  # engines with at least min_ticks cycles
+    drifting = {a: (r.score, r.drifting) for a, r in judged.items()
+                if r.state is DriftState.DRIFT}
+    assert not drifting
+    scores = np.array([r.score for r in judged.values()])
+    assert np.median(scores) < SETTINGS.watch  # most are well inside, not just under the line
+
+
+def test_fd002_engines_drift_from_the_fd001_model():
+    """The committed excerpt (five FD002 test engines): six operating conditions the FD001
+    model never saw; every feature of every engine is far past the drift threshold."""
+    reports = recent_reports(FD002_EXCERPT, fd001_stats())
+    assert len(reports) == 5
+    for asset, report in reports.items():
+        assert report.state is DriftState.DRIFT, asset
+        assert report.score is not None and report.score > 10 * SETTINGS.drift
+        assert report.drifting == FEATURES
+
+
+def test_every_fd002_test_engine_drifts(train_data_dir):
+    reports = recent_reports(train_data_dir / "test_FD002.txt", fd001_stats())
+    judged = [r for r in reports.values() if r.state is not DriftState.UNAVAILABLE]
+    assert len(judged) > 200
+    assert all(r.state is DriftState.DRIFT for r in judged)
+
+
+def test_committed_statistics_are_what_the_converter_computes(train_data_dir):
+    train = load_cmapss(train_data_dir / "train_FD001.txt")
+    kept, _ = split_assets(train.assets, 0.2, 0)  # the split `train` makes with seed 0
+    fleet = train.subset(kept)
+    assert choose_features(fleet) == FEATURES
+    assert training_stats(fleet.select(FEATURES)) == fd001_stats()
+
+
+def test_few_ticks_are_unavailable_not_ok():
+    rows = load_cmapss(FD002_EXCERPT).select(FEATURES).series["1"][:SETTINGS.min_ticks - 1]
+    report = assess(rows, FEATURES, fd001_stats(), SETTINGS)
+    assert report.state is DriftState.UNAVAILABLE and report.score is None
+    assert "fewer than the 50 needed" in (report.reason or "")
+
+
+def test_bins_put_repeated_values_in_one_bin_in_training_and_later():
+    values = np.array([1.0] * 90 + [2.0] * 10)
+    bins = describe_feature(values, (0.5, 0.95))
+    assert bins.edges == [1.0, 2.0]
+    assert bins.expected == [0.0, 0.9, 0.1]
+    assert bin_shares(np.array([1.0, 2.0, 3.0, 0.5]), bins.edges).tolist() == [0.25, 0.25, 0.5]
+    assert psi(bins.expected, bin_shares(values, bins.edges)) == 0.0
+
+
+def test_one_shifted_feature_shows_in_its_state_not_the_assets():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(20_000, 4))
+    stats = describe_training(train)
+    recent = rng.normal(size=(200, 4))
+    recent[:, 2] += 5.0  # one sensor far off (a calibration fault, say)
+    report = assess(recent, list("abcd"), stats, SETTINGS)
+    assert [f.state for f in report.features] == [DriftState.OK, DriftState.OK,
+                                                  DriftState.DRIFT, DriftState.OK]
+    assert report.state is DriftState.OK  # the asset drifts when half its inputs do
+    recent[:, 0] += 5.0
+    assert assess(recent, list("abcd"), stats, SETTINGS).state is DriftState.DRIFT
+
+
+def test_regimes_weigh_each_regimes_psi_by_its_ticks():
+    """Per regime bins: a regime mix unlike training is no drift; a shift within one regime
+    counts in proportion to the ticks spent in it."""
+    rng = np.random.default_rng(1)
+    train = np.concatenate([rng.normal(0, 1, (10_000, 1)), rng.normal(100, 1, (10_000, 1))])
+    regime = np.repeat([0, 1], 10_000)
+    stats = describe_training(train, regime, regimes=2)
+    recent = np.concatenate([rng.normal(0, 1, (180, 1)), rng.normal(100, 1, (20, 1))])
+    of = np.repeat([0, 1], [180, 20])
+    report = assess(recent, ["x"], stats, SETTINGS, of)
+    assert report.state is DriftState.OK and report.regime_ticks == [180, 20]
+    shifted = recent.copy()
+    shifted[of == 1] += 10
+    report = assess(shifted, ["x"], stats, SETTINGS, of)
+    feature = report.features[0]
+    assert feature.regime_psi[0] == pytest.approx(
+        assess(recent[of == 0], ["x"], describe_training(train[regime == 0]),
+               DriftSettings(min_ticks=1)).score)
+    assert feature.psi == pytest.approx((180 * feature.regime_psi[0]
+                                         + 20 * feature.regime_psi[1]) / 200, rel=1e-5)
+    with pytest.raises(DriftError, match="each tick needs its regime"):
+        assess(recent, ["x"], stats, SETTINGS)
+
+
+def test_manifest_refuses_inconsistent_statistics_and_loads_without_them():
+    doc = dict(MANIFEST)
+    assert Manifest.model_validate(doc).training_stats is None  # older bundles load
+    doc["training_stats"] = fd001_stats().model_dump()
+    assert Manifest.model_validate(doc).training_stats == fd001_stats()
+    doc["training_stats"]["regimes"][0]["features"].pop()
+    with pytest.raises(ValidationError, match="training_stats has 13 features for 14"):
+        Manifest.model_validate(doc)
+    with pytest.raises(ValidationError, match="expected shares"):
+        FeatureBins(edges=[1.0], expected=[0.5, 0.6])
+    with pytest.raises(ValidationError, match="must not decrease"):
+        FeatureBins(edges=[2.0, 1.0], expected=[0.2, 0.3, 0.5])
+    with pytest.raises(DriftError, match="watch <= drift"):
+        DriftSettings(watch=0.3, drift=0.2)
