@@ -88,6 +88,22 @@ class Metrics:
         self.window_gaps_skipped = Counter("pdm_cloud_window_gaps_skipped", "holes in an "
                                            "asset's ticks given up on after scoring.gap_wait",
                                            registry=r)
+        self.drift_psi = Gauge("pdm_cloud_drift_psi", "input drift: the largest PSI of each "
+                               "feature over the assets this replica scores (contract/drift.py)",
+                               ["feature"], registry=r)
+        self.assets_drifting = Gauge("pdm_cloud_assets_drifting", "assets this replica scores "
+                                     "whose inputs drift from the training data", registry=r)
+        self.drift_events = Counter("pdm_cloud_drift_events", "assets crossing the drift "
+                                    "threshold (raised) or coming back under it (cleared)",
+                                    ["kind"], registry=r)
+        for kind in ("raised", "cleared"):
+            self.drift_events.labels(kind)
+        self.drift_checks = Counter("pdm_cloud_drift_checks", "asset drift checks made",
+                                    registry=r)
+        self.drift_check_seconds = Histogram("pdm_cloud_drift_check_seconds",
+                                             "seconds per drift step (up to drift.batch assets: "
+                                             "read, compare, store)",
+                                             buckets=LATENCY_BUCKETS, registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
 

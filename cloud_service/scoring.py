@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from cloud_service.drift import DriftMonitor, DriftOptions
 from cloud_service.metrics import Metrics
 from cloud_service.ownership import (
     OwnedAsset,
@@ -77,7 +78,7 @@ class Scorer:
                  publish: Publish, batch_max: int = 512, max_delay: float = 0.05,
                  clock: Callable[[], float] = time.time, replica: str = "local",
                  lease_seconds: float = 10.0, gap_wait: float = 60.0,
-                 scan_interval: float = 0.25) -> None:
+                 scan_interval: float = 0.25, drift: DriftOptions | None = None) -> None:
         self.store = store
         self.model = model
         self.manifest = manifest
@@ -123,6 +124,8 @@ class Scorer:
         thresholds = manifest.thresholds.model_dump()
         self._thresholds = {k: float(v) for k, v in thresholds.items() if v is not None}
         metrics.track_backlog(self.backlog)
+        self.drift = None if drift is None else DriftMonitor(
+            store, manifest, metrics, drift, self._rows_in_model_order, clock)
 
     # -- interface for ingest and the service ----------------------------------------------
 
@@ -178,6 +181,7 @@ class Scorer:
                     self._stopping.wait(0.5)
                     continue
                 self.step(wait=True)
+                self.check_drift()
                 self.last_error = None
             except Exception as exc:  # keep scoring; the windows stay pending in the store
                 if isinstance(exc, StoreError):
@@ -313,6 +317,8 @@ class Scorer:
         with self._cond:
             self._dirty.pop(key, None)
         self.owned.discard(key)
+        if self.drift is not None:
+            self.drift.forget(key)
 
     def step(self, wait: bool = False) -> int:
         """Answer escalations, expand new ticks into windows and score one batch. Returns
@@ -355,9 +361,18 @@ class Scorer:
         total = 0
         while True:
             n = self.step()
+            self.check_drift()
             if not n and not len(self.pending) and not self._dirty:
                 return total
             total += n
+
+    def check_drift(self) -> int:
+        """Check the input drift of the owned assets that are due (a few at a time, between
+        scoring batches); returns the assets checked."""
+        if self.drift is None:
+            return 0
+        return self.drift.step({key: self._last_seq[key] for key in self.owned
+                                if key in self._last_seq}, owner=self.replica)
 
     def _expand(self) -> None:
         with self._cond:

@@ -66,7 +66,8 @@ class Service:
                                  publish=self.consumer.publish, batch_max=sc.batch_max,
                                  max_delay=sc.max_delay, replica=self.cfg.client_id,
                                  lease_seconds=sc.lease_seconds, gap_wait=sc.gap_wait,
-                                 scan_interval=sc.scan_interval)
+                                 scan_interval=sc.scan_interval,
+                                 drift=self.cfg.drift.options())
             self.scorer.start()
         self.consumer.start()
         if self.cfg.store.retention_days is not None:

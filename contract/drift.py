@@ -99,6 +99,16 @@ class DriftReport:
         return [f.feature for f in self.features if f.state is DriftState.DRIFT]
 
 
+def crossing(previous: DriftState | None, current: DriftState) -> str | None:
+    """The drift event a new judgement makes: `raised` on entering drift, `cleared` on coming
+    back under the drift threshold; none while the state holds or cannot be judged."""
+    if current is DriftState.DRIFT and previous is not DriftState.DRIFT:
+        return "raised"
+    if previous is DriftState.DRIFT and current in (DriftState.OK, DriftState.WATCH):
+        return "cleared"
+    return None
+
+
 # -- describing the training data (converter) -----------------------------------------------
 
 def bin_index(values: np.ndarray, edges: Sequence[float] | np.ndarray) -> np.ndarray:

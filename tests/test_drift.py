@@ -8,12 +8,17 @@ train_FD001); a test below rebuilds them from the full data set where it is pres
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from cloud_service.drift import DriftOptions
+from cloud_service.metrics import Metrics
+from cloud_service.scoring import Scorer
+from cloud_service.store import Received, SqliteStore
 from contract.drift import (
     DriftError,
     DriftSettings,
@@ -25,7 +30,9 @@ from contract.drift import (
     psi,
 )
 from contract.manifest import FeatureBins, Manifest, TrainingStats
+from contract.payloads import UplinkBatch
 from converter.data import choose_features, load_cmapss, split_assets, training_stats
+from tests.test_cloud_core import FakeModel
 
 REPO = Path(__file__).resolve().parent.parent
 STATS_FILE = REPO / "tests" / "data" / "fd001_training_stats.json"
@@ -151,3 +158,89 @@ def test_manifest_refuses_inconsistent_statistics_and_loads_without_them():
         FeatureBins(edges=[2.0, 1.0], expected=[0.2, 0.3, 0.5])
     with pytest.raises(DriftError, match="watch <= drift"):
         DriftSettings(watch=0.3, drift=0.2)
+
+
+# -- the cloud: checks between scoring batches, stored, events, metrics -------------------------
+
+def cmapss_batch(asset: str, rows: np.ndarray, first_seq: int) -> UplinkBatch:
+    n = len(rows)
+    return UplinkBatch(gateway="gw", asset=asset, first_seq=first_seq,
+                       timestamps=1_800_000_000.0 + np.arange(first_seq, first_seq + n),
+                       features=tuple(FEATURES), values=rows.astype(np.float32),
+                       probability=np.full(n, np.nan, np.float32),
+                       rul=np.full(n, np.nan, np.float32), model_version="edge-1")
+
+
+def drift_scorer(store, replica: str = "r1") -> Scorer:
+    m = Manifest.model_validate({**MANIFEST, "training_stats": fd001_stats().model_dump()})
+    return Scorer(store, FakeModel(m), m, Metrics(), lambda *_: None, max_delay=0,
+                  replica=replica, drift=DriftOptions(interval=0.0))
+
+
+def metric(scorer: Scorer, name: str, **labels: str) -> float | None:
+    return scorer.metrics.registry.get_sample_value(name, labels)
+
+
+# The fake model's sigmoid overflows on FD002 inputs normalised with FD001 statistics.
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")
+def test_the_scorer_checks_drift_stores_it_and_raises_and_clears_events_once(tmp_path):
+    fd001 = load_cmapss(REPO / "data" / "cmapss" / "test_FD001.txt").select(FEATURES).series
+    fd002 = load_cmapss(FD002_EXCERPT).select(FEATURES).series
+    store = SqliteStore(tmp_path / "cloud.db")
+    scorer = drift_scorer(store)
+    assert len(fd001["1"]) < SETTINGS.min_ticks  # 31 cycles: too few to judge
+    long_lived = [u for u, rows in fd001.items() if len(rows) >= WINDOW][:2]
+    batches = [cmapss_batch(f"fd001-{u}", fd001[u], 0) for u in ("1", *long_lived)]
+    batches += [cmapss_batch(f"fd002-{u}", fd002[u], 0) for u in ("1", "3")]
+    scorer.notify(store.write_ingest([Received(b, time.time()) for b in batches], [], []))
+    scorer.drain()
+    states = {d["asset"]: d["state"] for d in store.asset_drifts()}
+    assert states == {"fd001-1": "unavailable", **{f"fd001-{u}": "ok" for u in long_lived},
+                      "fd002-1": "drift", "fd002-3": "drift"}
+    check = store.asset_drift("gw", "fd002-1")
+    assert check is not None and check["ticks"] == WINDOW and check["last_seq"] == 257
+    detail = json.loads(check["detail"])
+    assert [f["feature"] for f in detail["features"]] == FEATURES
+    assert all(f["state"] == "drift" for f in detail["features"])
+    assert [(e["asset"], e["kind"]) for e in store.drift_events(None, None, None, 0, 50)] == [
+        ("fd002-1", "raised"), ("fd002-3", "raised")]
+    assert metric(scorer, "pdm_cloud_assets_drifting") == 2
+    assert metric(scorer, "pdm_cloud_drift_events_total", kind="raised") == 2
+    assert metric(scorer, "pdm_cloud_drift_psi", feature="sensor_4") > 1
+    # More FD002 ticks: still drifting, no second event.
+    more = fd002["1"][:60]
+    scorer.notify(store.write_ingest([Received(cmapss_batch("fd002-1", more, 258),
+                                               time.time())], [], []))
+    scorer.drain()
+    assert len(store.drift_events("gw", "fd002-1", None, 0, 50)) == 1
+    # The engine's inputs come back to what the model knows: the event is cleared, once.
+    healthy = fd001[long_lived[0]]
+    scorer.notify(store.write_ingest([Received(cmapss_batch("fd002-1", healthy, 318),
+                                               time.time())], [], []))
+    scorer.drain()
+    assert [e["kind"] for e in store.drift_events("gw", "fd002-1", None, 0, 50)] == [
+        "raised", "cleared"]
+    assert metric(scorer, "pdm_cloud_assets_drifting") == 1
+    assert metric(scorer, "pdm_cloud_drift_events_total", kind="cleared") == 1
+    # A replica that takes the fleet over starts from the stored states: no event repeated.
+    scorer.stop()
+    other = drift_scorer(store, replica="r2")
+    other.notify(store.write_ingest([Received(cmapss_batch("fd002-3", fd002["3"][:20], 165),
+                                              time.time())], [], []))
+    other.drain()
+    assert len(store.drift_events(None, None, None, 0, 50)) == 3
+    assert metric(other, "pdm_cloud_assets_drifting") == 1
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")
+def test_a_model_without_training_statistics_checks_nothing(tmp_path):
+    store = SqliteStore(tmp_path / "cloud.db")
+    m = Manifest.model_validate(MANIFEST)
+    scorer = Scorer(store, FakeModel(m), m, Metrics(), lambda *_: None, max_delay=0,
+                    drift=DriftOptions(interval=0.0))
+    rows = load_cmapss(FD002_EXCERPT).select(FEATURES).series["1"]
+    scorer.notify(store.write_ingest([Received(cmapss_batch("e1", rows, 0), time.time())],
+                                     [], []))
+    assert scorer.drain() > 0
+    assert scorer.drift is not None and not scorer.drift.available
+    assert store.asset_drifts() == [] and metric(scorer, "pdm_cloud_drift_checks_total") == 0

@@ -12,6 +12,7 @@ import math
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from cloud_service.store import (
     PARTITION_SECONDS,
     AlertRow,
     AssetScore,
+    DriftCheck,
+    DriftEventRow,
     ModelConflict,
     ModelRow,
     PredictionRow,
@@ -720,3 +723,38 @@ def test_two_live_replicas_with_one_id_are_refused(store):
     replica(store, m, "same", []).heartbeat()
     with pytest.raises(OwnershipError, match="another live replica uses the id 'same'"):
         replica(store, m, "same", []).heartbeat()
+
+
+def test_drift_checks_are_kept_per_asset_and_events_listed_fenced_by_owner(store):
+    store.write_ingest([Received(batch(0, 10), 1.0), Received(batch(0, 10, asset="a2"), 1.0)],
+                       [], [])
+    scorer, _, _ = scorer_for(store, manifest())
+    scorer.heartbeat()  # replica "local" owns both assets now
+
+    def check(asset: str, state: str, score: float | None, at: float) -> DriftCheck:
+        return DriftCheck(gateway="gw1", asset=asset, state=state, score=score, ticks=10,
+                          last_seq=9, checked_at=at, model_version="core-1",
+                          detail=json.dumps({"features": [], "reason": None}))
+
+    raised = DriftEventRow(gateway="gw1", asset="a1", kind="raised", score=3.5,
+                           features=json.dumps(["s1", "s2"]), model_version="core-1", at=5.0)
+    assert store.write_drift([check("a1", "drift", 3.5, 5.0), check("a2", "ok", 0.01, 5.0)],
+                             [raised], owner="local") == set()
+    assert store.write_drift([check("a1", "watch", 0.2, 6.0)],
+                             [replace(raised, kind="cleared", score=0.2, at=6.0)],
+                             owner="local") == set()
+    # another replica's write for an asset it does not own changes nothing
+    assert store.write_drift([check("a1", "drift", 9.0, 7.0)], [replace(raised, at=7.0)],
+                             owner="other") == {("gw1", "a1")}
+    a1 = store.asset_drift("gw1", "a1")
+    assert a1 is not None and (a1["state"], a1["score"], a1["checked_at"]) == ("watch", 0.2, 6.0)
+    assert [(d["asset"], d["state"]) for d in store.asset_drifts()] == [("a1", "watch"),
+                                                                         ("a2", "ok")]
+    assert store.asset_drifts("nope") == [] and store.asset_drift("gw1", "a3") is None
+    events = store.drift_events(None, None, None, 0, 10)
+    assert [(e["asset"], e["kind"], e["score"]) for e in events] == [("a1", "raised", 3.5),
+                                                                      ("a1", "cleared", 0.2)]
+    assert json.loads(events[0]["features"]) == ["s1", "s2"]
+    assert [e["kind"] for e in store.drift_events("gw1", "a1", "cleared", 0, 10)] == ["cleared"]
+    assert store.drift_events(None, None, None, events[0]["id"], 10) == events[1:]
+    assert store.drift_events("gw1", "a2", None, 0, 10) == []

@@ -34,6 +34,8 @@ from cloud_service.store.rows import (
     AssetRow,
     AssetScore,
     DeadLetterRow,
+    DriftCheck,
+    DriftEventRow,
     GatewayRow,
     Inserted,
     ModelRow,
@@ -47,6 +49,8 @@ from cloud_service.store.rows import (
     ShadowRow,
     StatusUpdate,
     StoredAlert,
+    StoredDrift,
+    StoredDriftEvent,
     StoredPrediction,
     TargetRequest,
     TickRow,
@@ -61,11 +65,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PARTITION_SECONDS", "AlertRow", "AssetKey", "AssetRow", "AssetScore",
-    "DeadLetterRow", "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
+    "DeadLetterRow", "DriftCheck", "DriftEventRow", "FleetReader", "GatewayRow", "IngestStore",
+    "Inserted", "ModelConflict",
     "ModelRow", "ModelStore", "PredictionRow", "Received", "ReportUpdate", "RolloutRow",
     "RolloutStore", "RolloutTargetRow", "ScoresStored", "ScoreWrite", "ScoringStore", "ShadowRow",
     "SqliteStore", "StatusUpdate", "Store", "StoreError", "StoreUnavailable", "StoreUrl",
-    "StoredAlert",
+    "StoredAlert", "StoredDrift", "StoredDriftEvent",
     "StoredPrediction", "TargetRequest", "TickRow", "WindowTicks", "open_store",
     "parse_store_url",
 ]

@@ -19,6 +19,8 @@ from cloud_service.store.rows import (
     RolloutRow,
     RolloutTargetRow,
     StoredAlert,
+    StoredDrift,
+    StoredDriftEvent,
     StoredPrediction,
     TickRow,
 )
@@ -124,6 +126,34 @@ class SharedReads:
         sql += f" ORDER BY id LIMIT {m}"
         params.append(limit)
         return cast(list[StoredAlert], self._rows(sql, params))
+
+    def asset_drift(self, gateway: str, asset: str) -> StoredDrift | None:
+        m = self.MARK
+        rows = self._rows(f"SELECT * FROM asset_drift WHERE gateway = {m} AND asset = {m}",
+                          (gateway, asset))
+        return cast(StoredDrift, rows[0]) if rows else None
+
+    def asset_drifts(self, gateway: str | None = None) -> list[StoredDrift]:
+        """The latest drift check of every asset (of one gateway) that has one."""
+        if gateway is None:
+            return cast(list[StoredDrift], self._rows(
+                "SELECT * FROM asset_drift ORDER BY gateway, asset"))
+        return cast(list[StoredDrift], self._rows(
+            f"SELECT * FROM asset_drift WHERE gateway = {self.MARK} ORDER BY asset", (gateway,)))
+
+    def drift_events(self, gateway: str | None, asset: str | None, kind: str | None,
+                     after_id: int, limit: int) -> list[StoredDriftEvent]:
+        m = self.MARK
+        sql = f"SELECT * FROM drift_events WHERE id > {m}"
+        params: list[Any] = [after_id]
+        for condition, value in ((f"gateway = {m}", gateway), (f"asset = {m}", asset),
+                                 (f"kind = {m}", kind)):
+            if value is not None:
+                sql += f" AND {condition}"
+                params.append(value)
+        sql += f" ORDER BY id LIMIT {m}"
+        params.append(limit)
+        return cast(list[StoredDriftEvent], self._rows(sql, params))
 
     def dead_letters(self, reason: str | None, after_id: int,
                      limit: int) -> list[DeadLetterRow]:
