@@ -30,6 +30,7 @@ from cloud_service.store import (
 )
 from contract.drift import DriftReport, DriftSettings, DriftState, assess, crossing
 from contract.manifest import Manifest
+from contract.preprocess import Normaliser
 
 log = logging.getLogger(__name__)
 RowsOf = Callable[[WindowTicks], tuple[np.ndarray, list[str | None]]]
@@ -45,13 +46,14 @@ class DriftOptions:
     batch: int = 64
 
 
-def report_detail(report: DriftReport, settings: DriftSettings, window: int) -> str:
+def report_detail(report: DriftReport, settings: DriftSettings, window: int,
+                  out_of_regime: int = 0) -> str:
     """The stored JSON of one check: what the API's drift route returns beside the summary."""
     return json.dumps({
         "features": [{"feature": f.feature, "psi": f.psi, "state": f.state.value,
                       "regime_psi": f.regime_psi} for f in report.features],
-        "regime_ticks": report.regime_ticks, "reason": report.reason, "window": window,
-        "settings": asdict(settings)})
+        "regime_ticks": report.regime_ticks, "out_of_regime": out_of_regime,
+        "reason": report.reason, "window": window, "settings": asdict(settings)})
 
 
 class DriftMonitor:
@@ -68,6 +70,8 @@ class DriftMonitor:
         self.batch = options.batch
         self.clock = clock
         self.stats = manifest.training_stats
+        self.normaliser = Normaliser.of(manifest)
+        self.width = len(manifest.features)
         self._checked_seq: dict[AssetKey, int] = {}
         self._next_at: dict[AssetKey, float] = {}
         self._state: dict[AssetKey, DriftState | None] = {}
@@ -114,14 +118,17 @@ class DriftMonitor:
             if t is None or not len(t.seqs):
                 continue
             rows, problems = self.rows_of(t)
-            usable = np.array([p is None for p in problems], bool)
-            report = assess(rows[usable], self.manifest.features, self.stats, self.settings)
+            rows = rows[np.array([p is None for p in problems], bool)]
+            # Rows hold the manifest's columns: the features, then the settings regimes need.
+            regime, far = self.normaliser.regimes_of(rows)
+            report = assess(rows[:, :self.width], self.manifest.features, self.stats,
+                            self.settings, regime)
             reports[key] = report
             checks.append(DriftCheck(
                 gateway=key[0], asset=key[1], state=report.state.value, score=report.score,
                 ticks=report.ticks, last_seq=int(t.seqs[-1]), checked_at=now,
                 model_version=self.manifest.version,
-                detail=report_detail(report, self.settings, self.window)))
+                detail=report_detail(report, self.settings, self.window, int(far.sum()))))
             kind = crossing(self._state.get(key), report.state)
             if kind is not None:
                 events.append(DriftEventRow(

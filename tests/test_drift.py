@@ -19,6 +19,7 @@ from cloud_service.drift import DriftOptions
 from cloud_service.metrics import Metrics
 from cloud_service.scoring import Scorer
 from cloud_service.store import Received, SqliteStore
+from contract.cmapss import SENSORS
 from contract.drift import (
     DriftError,
     DriftSettings,
@@ -31,7 +32,14 @@ from contract.drift import (
 )
 from contract.manifest import FeatureBins, Manifest, TrainingStats
 from contract.payloads import UplinkBatch
-from converter.data import choose_features, load_cmapss, split_assets, training_stats
+from contract.preprocess import Normaliser
+from converter.data import (
+    choose_features,
+    load_cmapss,
+    scaling_for,
+    split_assets,
+    training_stats,
+)
 from tests.test_cloud_core import FakeModel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,3 +252,28 @@ def test_a_model_without_training_statistics_checks_nothing(tmp_path):
     assert scorer.drain() > 0
     assert scorer.drift is not None and not scorer.drift.available
     assert store.asset_drifts() == [] and metric(scorer, "pdm_cloud_drift_checks_total") == 0
+
+
+def test_a_regime_model_judges_each_regime_with_its_own_bins(train_data_dir):
+    """An FD002 model (six regimes found by the converter) with per-regime statistics: FD002
+    test engines switch regime every cycle, yet none drifts, because each tick is compared
+    with its own regime's training distribution."""
+    train = load_cmapss(train_data_dir / "train_FD002.txt", with_settings=True)
+    kept, _ = split_assets(train.assets, 0.2, 0)
+    fleet = train.subset(kept)
+    features, norm, found = scaling_for(fleet, list(SENSORS), None, 0)
+    assert found is not None and found.count == 6
+    normaliser = Normaliser(features, norm, found)
+    stats = training_stats(fleet.select(normaliser.columns), normaliser)
+    assert len(stats.regimes) == 6 and sum(r.ticks for r in stats.regimes) == sum(
+        len(rows) for rows in fleet.series.values())
+    test = load_cmapss(train_data_dir / "test_FD002.txt", with_settings=True)
+    states = []
+    for rows in test.select(normaliser.columns).series.values():
+        rows = rows[-WINDOW:]
+        regime, _ = normaliser.regimes_of(rows)
+        report = assess(rows[:, :len(features)], features, stats, SETTINGS, regime)
+        assert sum(report.regime_ticks) == len(rows)
+        states.append(report.state)
+    judged = [s for s in states if s is not DriftState.UNAVAILABLE]
+    assert len(judged) > 200 and DriftState.DRIFT not in judged
