@@ -139,7 +139,12 @@ ALTER TABLE assets ADD COLUMN owner text COLLATE "C", ADD COLUMN cloud_pending t
 ALTER TABLE predictions ADD COLUMN scored_by text;
 CREATE INDEX assets_owner_last_seen ON assets (owner, last_seen)
     """,
-    # 3: input drift: each asset's latest check, and the events when it crossed the threshold.
+    # 3: an operator acknowledges an alert: who, when, and a note.
+    """
+ALTER TABLE alerts ADD COLUMN acknowledged_by text, ADD COLUMN acknowledged_at float8,
+    ADD COLUMN ack_note text
+    """,
+    # 4: input drift: each asset's latest check, and the events when it crossed the threshold.
     """
 CREATE TABLE asset_drift (
     gateway text COLLATE "C" NOT NULL, asset text COLLATE "C" NOT NULL, state text NOT NULL,

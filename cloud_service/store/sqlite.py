@@ -232,7 +232,13 @@ ALTER TABLE "assets" ADD COLUMN "cloud_pending_count" INTEGER;
 ALTER TABLE "predictions" ADD COLUMN "scored_by" TEXT;
 CREATE INDEX IF NOT EXISTS "idx_assets_owner_last_seen" ON "assets" ("owner", "last_seen");
     """,
-    # 4: input drift: each asset's latest check, and the events when it crossed the threshold.
+    # 4: an operator acknowledges an alert: who, when, and a note.
+    """
+ALTER TABLE "alerts" ADD COLUMN "acknowledged_by" TEXT;
+ALTER TABLE "alerts" ADD COLUMN "acknowledged_at" REAL;
+ALTER TABLE "alerts" ADD COLUMN "ack_note" TEXT;
+    """,
+    # 5: input drift: each asset's latest check, and the events when it crossed the threshold.
     """
 CREATE TABLE IF NOT EXISTS "asset_drift" (
    "gateway" TEXT,
