@@ -19,6 +19,8 @@ from cloud_service.drift import DriftOptions
 from cloud_service.metrics import Metrics
 from cloud_service.scoring import Scorer
 from cloud_service.store import Received, SqliteStore
+from contract import codec, topics
+from contract.bundle import generate_keypair
 from contract.cmapss import SENSORS
 from contract.drift import (
     DriftError,
@@ -40,7 +42,10 @@ from converter.data import (
     split_assets,
     training_stats,
 )
+from tests.conftest import DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY
+from tests.support.bundles import variant
 from tests.test_cloud_core import FakeModel
+from tests.test_cloud_service import Publisher, Running, cloud_config, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 STATS_FILE = REPO / "tests" / "data" / "fd001_training_stats.json"
@@ -277,3 +282,89 @@ def test_a_regime_model_judges_each_regime_with_its_own_bins(train_data_dir):
         states.append(report.state)
     judged = [s for s in states if s is not DriftState.UNAVAILABLE]
     assert len(judged) > 200 and DriftState.DRIFT not in judged
+
+
+# -- over HTTP: the real FD001 model in the service, fed through a real broker -----------------
+
+@pytest.fixture(scope="module")
+def fd001_bundle_with_stats(tmp_path_factory):
+    """The committed default bundle plus the FD001 training statistics, re-signed with a test
+    key (the committed bundle predates them)."""
+    root = tmp_path_factory.mktemp("drift-bundle")
+    private, public = root / "signing.key", root / "signing.pub"
+    generate_keypair(private, public)
+    folder = variant(DEFAULT_BUNDLE, root / "fd001-stats", "fd001-1.0-stats", private,
+                     change=lambda _folder, doc: doc.update(
+                         training_stats=fd001_stats().model_dump()))
+    return folder, public
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")
+def test_the_api_and_metrics_show_fd002_engines_drifting_from_the_fd001_model(
+        tmp_path, broker, fd001_bundle_with_stats):
+    folder, public = fd001_bundle_with_stats
+    fd001 = load_cmapss(REPO / "data" / "cmapss" / "test_FD001.txt").select(FEATURES).series
+    fd002 = load_cmapss(FD002_EXCERPT).select(FEATURES).series
+    engines = {f"fd001-{u}": fd001[u] for u in [u for u, r in fd001.items()
+                                                 if len(r) >= WINDOW][:2]}
+    engines |= {f"fd002-{u}": fd002[u] for u in ("1", "3")}
+    c = Running(cloud_config(tmp_path, broker, folder, public, drift={"interval": 0.2}))
+    publisher = Publisher(broker)
+    try:
+        for asset, rows in engines.items():
+            for first in range(0, len(rows), 50):
+                b = cmapss_batch(asset, rows[first:first + 50], first)
+                publisher.send(topics.uplink("gw"), codec.encode_uplink(b.model_copy(
+                    update={"gateway": "gw"})))
+
+        def checked_to_the_end() -> bool:
+            drift = {a: c.http.get(f"/api/v1/assets/gw/{a}/drift").json() for a in engines}
+            return all(d.get("last_seq") == len(engines[a]) - 1 for a, d in drift.items())
+
+        wait_until(checked_to_the_end, 120, "drift checks of every engine's last tick")
+        for asset in engines:
+            drift = c.http.get(f"/api/v1/assets/gw/{asset}/drift").json()
+            assert drift["ticks"] == min(WINDOW, len(engines[asset]))
+            assert drift["model_version"] == "fd001-1.0-stats"
+            assert [f["feature"] for f in drift["features"]] == FEATURES
+            assert drift["thresholds"] == {"watch": 0.1, "drift": 0.25, "min_ticks": 50,
+                                           "feature_share": 0.5}
+            want = "drift" if asset.startswith("fd002") else "ok"
+            assert drift["state"] == want, (asset, drift["score"])
+            if want == "drift":
+                assert all(f["state"] == "drift" for f in drift["features"])
+        listed = {a["asset"]: a["drift_state"] for a in c.http.get("/api/v1/assets").json()}
+        assert listed == {a: ("drift" if a.startswith("fd002") else "ok") for a in engines}
+        events = c.http.get("/api/v1/drift-events").json()["items"]
+        assert sorted((e["asset"], e["kind"]) for e in events) == [
+            ("fd002-1", "raised"), ("fd002-3", "raised")]
+        assert events[0]["features"] == FEATURES
+        assert c.http.get("/api/v1/drift-events", params={"kind": "cleared"}).json() == {
+            "items": [], "next_after_id": None}
+        metrics = c.http.get("/metrics").text
+        assert "pdm_cloud_assets_drifting 2.0" in metrics
+        assert 'pdm_cloud_drift_events_total{kind="raised"} 2.0' in metrics
+        psi_line = next(line for line in metrics.splitlines()
+                        if line.startswith('pdm_cloud_drift_psi{feature="sensor_11"}'))
+        assert float(psi_line.split()[-1]) > 1
+        missing = c.http.get("/api/v1/assets/gw/nope/drift")
+        assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+    finally:
+        publisher.close()
+        c.close()
+
+
+def test_drift_of_a_model_without_statistics_says_why(tmp_path, broker):
+    c = Running(cloud_config(tmp_path, broker, DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY))
+    publisher = Publisher(broker)
+    try:
+        rows = load_cmapss(FD002_EXCERPT).select(FEATURES).series["1"]
+        publisher.send(topics.uplink("gw"), codec.encode_uplink(cmapss_batch("e1", rows, 0)))
+        wait_until(lambda: c.http.get("/api/v1/assets/gw/e1").status_code == 200, 30,
+                   "the asset stored")
+        drift = c.http.get("/api/v1/assets/gw/e1/drift").json()
+        assert drift["state"] == "unavailable" and drift["features"] == []
+        assert "carries no training statistics" in drift["reason"]
+    finally:
+        publisher.close()
+        c.close()

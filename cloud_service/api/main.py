@@ -29,6 +29,7 @@ from cloud_service.api.routes import (
     alerts,
     assets,
     dead_letters,
+    drift,
     gateways,
     models,
     ops,
@@ -42,7 +43,7 @@ API_PREFIX = "/api/v1"
 DOCS_ASSETS = "/docs-assets"  # swagger-ui and redoc files, served from the fastapi-offline package
 
 api_router = APIRouter()
-for _resource in (gateways, assets, alerts, dead_letters, models, rollouts):
+for _resource in (gateways, assets, drift, alerts, dead_letters, models, rollouts):
     api_router.include_router(_resource.router)
 
 

@@ -19,13 +19,13 @@ from cloud_service.api.deps import (
     Limit,
     ServiceDep,
 )
-from cloud_service.store import AssetRow
+from cloud_service.store import AssetRow, StoredDrift
 from contract.payloads import AlertState
 
 router = APIRouter(prefix="/assets", tags=["fleet"])
 
 
-def asset_out(row: AssetRow) -> schemas.Asset:
+def asset_out(row: AssetRow, drift: StoredDrift | None = None) -> schemas.Asset:
     return schemas.Asset(
         gateway=row["gateway"], asset=row["asset"], first_seen=row["first_seen"],
         last_seen=row["last_seen"], last_seq=row["last_seq"], ticks=row["ticks"] or 0,
@@ -33,7 +33,9 @@ def asset_out(row: AssetRow) -> schemas.Asset:
         probability=row["cloud_probability"], rul=row["cloud_rul"], scored_seq=row["cloud_seq"],
         model_version=row["cloud_model_version"], edge_probability=row["edge_probability"],
         edge_rul=row["edge_rul"], edge_seq=row["edge_seq"] if row["edge_seq"] != -1 else None,
-        edge_model_version=row["edge_model_version"])
+        edge_model_version=row["edge_model_version"],
+        drift_state=drift["state"] if drift else None,
+        drift_score=drift["score"] if drift else None)
 
 
 @router.get("", responses=INVALID,
@@ -46,7 +48,8 @@ def read_assets(
             description="in this cloud alert state only (an asset the cloud has not scored yet "
                         "has none)")] = None) -> list[schemas.Asset]:
     rows = service.store.assets(gateway, state.value if state else None)
-    return [asset_out(row) for row in rows]
+    drift = {(d["gateway"], d["asset"]): d for d in service.store.asset_drifts(gateway)}
+    return [asset_out(row, drift.get((row["gateway"], row["asset"]))) for row in rows]
 
 
 @router.get("/{gateway}/{asset}", responses=NOT_FOUND, summary="One asset")
@@ -54,7 +57,7 @@ def read_asset(service: ServiceDep, gateway: GatewayId, asset: AssetId) -> schem
     row = service.store.asset(gateway, asset)
     if row is None:
         raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r} has sent ticks")
-    return asset_out(row)
+    return asset_out(row, service.store.asset_drift(gateway, asset))
 
 
 @router.get("/{gateway}/{asset}/ticks",
