@@ -28,7 +28,14 @@ from cloud_service.store import (
     ScoringStore,
     WindowTicks,
 )
-from contract.drift import DriftReport, DriftSettings, DriftState, assess, crossing
+from contract.drift import (
+    DriftReport,
+    DriftSettings,
+    DriftState,
+    Reference,
+    assess,
+    crossing,
+)
 from contract.manifest import Manifest
 from contract.preprocess import Normaliser
 
@@ -53,7 +60,8 @@ def report_detail(report: DriftReport, settings: DriftSettings, window: int,
         "features": [{"feature": f.feature, "psi": f.psi, "state": f.state.value,
                       "regime_psi": f.regime_psi} for f in report.features],
         "regime_ticks": report.regime_ticks, "out_of_regime": out_of_regime,
-        "reason": report.reason, "window": window, "settings": asdict(settings)})
+        "reason": report.reason, "window": window, "settings": asdict(settings)},
+        separators=(",", ":"))
 
 
 class DriftMonitor:
@@ -70,6 +78,7 @@ class DriftMonitor:
         self.batch = options.batch
         self.clock = clock
         self.stats = manifest.training_stats
+        self.reference = None if self.stats is None else Reference(self.stats)
         self.normaliser = Normaliser.of(manifest)
         self.width = len(manifest.features)
         self._checked_seq: dict[AssetKey, int] = {}
@@ -100,7 +109,7 @@ class DriftMonitor:
 
     def step(self, last_seq: Mapping[AssetKey, int], owner: str | None = None) -> int:
         """Check the assets that are due (at most `batch`); returns how many were checked."""
-        if self.stats is None:
+        if self.reference is None:
             return 0
         keys = self.due(last_seq)
         if not keys:
@@ -121,7 +130,7 @@ class DriftMonitor:
             rows = rows[np.array([p is None for p in problems], bool)]
             # Rows hold the manifest's columns: the features, then the settings regimes need.
             regime, far = self.normaliser.regimes_of(rows)
-            report = assess(rows[:, :self.width], self.manifest.features, self.stats,
+            report = assess(rows[:, :self.width], self.manifest.features, self.reference,
                             self.settings, regime)
             reports[key] = report
             checks.append(DriftCheck(

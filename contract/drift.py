@@ -169,12 +169,41 @@ def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.nda
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def assess(rows: np.ndarray, features: Sequence[str], stats: TrainingStats,
+class Reference:
+    """Training statistics as arrays, built once per model: per regime the bin edges (F, B-1)
+    and expected shares (F, B), so a check bins every feature of a regime in one operation."""
+
+    def __init__(self, stats: TrainingStats) -> None:
+        self.stats = stats
+        self.edges = [np.array([f.edges for f in r.features], np.float64) for r in stats.regimes]
+        self.expected = [np.array([f.expected for f in r.features], np.float64)
+                         for r in stats.regimes]
+
+    @property
+    def regimes(self) -> int:
+        return len(self.edges)
+
+    def psi(self, regime: int, rows: np.ndarray) -> np.ndarray:
+        """PSI of every feature of `rows` (n, F), all in `regime`, against its training bins."""
+        edges, expected = self.edges[regime], self.expected[regime]
+        n_feat, n_bins = expected.shape
+        # Bin i holds edges[i-1] <= v < edges[i], as `bin_index` puts it.
+        index = (rows[:, :, None] >= edges[None, :, :]).sum(axis=2)
+        index += np.arange(n_feat) * n_bins
+        actual = np.bincount(index.ravel(), minlength=n_feat * n_bins).reshape(
+            n_feat, n_bins) / len(rows)
+        e = np.maximum(expected, PSI_FLOOR)
+        a = np.maximum(actual, PSI_FLOOR)
+        return np.sum((a - e) * np.log(a / e), axis=1)
+
+
+def assess(rows: np.ndarray, features: Sequence[str], stats: TrainingStats | Reference,
            settings: DriftSettings, regime_of_rows: np.ndarray | None = None) -> DriftReport:
     """Compare raw rows (n, F) of one asset, in manifest feature order, with the training
     statistics. `regime_of_rows` gives each row's regime where the statistics have several."""
+    reference = stats if isinstance(stats, Reference) else Reference(stats)
     rows = np.asarray(rows, np.float64)
-    n_regimes = len(stats.regimes)
+    n_regimes = reference.regimes
     if rows.ndim != 2 or rows.shape[1] != len(features):
         raise DriftError(f"rows have shape {rows.shape}; expected (ticks, {len(features)})")
     if regime_of_rows is None:
@@ -190,20 +219,14 @@ def assess(rows: np.ndarray, features: Sequence[str], stats: TrainingStats,
         return DriftReport(DriftState.UNAVAILABLE, None, len(rows), regime_ticks=regime_ticks,
                            reason=f"{len(rows)} recent ticks, fewer than the "
                                   f"{settings.min_ticks} needed")
-    judged = []
-    for j, name in enumerate(features):
-        per_regime: list[float | None] = []
-        total = 0.0
-        for r, regime in enumerate(stats.regimes):
-            if not regime_ticks[r]:
-                per_regime.append(None)
-                continue
-            bins = regime.features[j]
-            value = psi(bins.expected, bin_shares(rows[regime_of_rows == r, j], bins.edges))
-            per_regime.append(round(value, 6))
-            total += value * regime_ticks[r]
-        value = total / len(rows)
-        judged.append(FeatureDrift(name, round(value, 6), settings.state(value), per_regime))
+    per_regime: list[np.ndarray | None] = [
+        reference.psi(r, rows[regime_of_rows == r]) if regime_ticks[r] else None
+        for r in range(n_regimes)]
+    total = sum(p * n for p, n in zip(per_regime, regime_ticks, strict=True) if p is not None)
+    values = np.asarray(total, np.float64) / len(rows)
+    judged = [FeatureDrift(name, round(float(values[j]), 6), settings.state(float(values[j])),
+                           [None if p is None else round(float(p[j]), 6) for p in per_regime])
+              for j, name in enumerate(features)]
     ranked = sorted((f.psi for f in judged), reverse=True)
     k = max(1, math.ceil(settings.feature_share * len(ranked)))
     score = ranked[k - 1]
