@@ -8,7 +8,8 @@ Two levels:
   predictions written (the service's Scorer with batch_max 512 against batch_max 1).
 Then what input drift checks cost the scorer: ticks arrive in rounds of 10 per engine and
 are scored round by round, with drift checks off and on (interval 0: every engine checked
-after every round, far more often than the default 30 s), and the seconds per asset check.
+after every round, far more often than the default 30 s; best of three runs each), and the
+seconds per asset check.
 
     .venv/bin/python -m bench.cloud_scoring [--windows 4096]
 """
@@ -118,7 +119,7 @@ def drift_level(model, manifest: Manifest, series: list[np.ndarray], tmp: Path,
                 drift: DriftOptions | None, round_ticks: int = 10) -> dict:
     """Ticks arrive round by round (round_ticks per engine) and are scored after each round,
     with drift checks between the batches when `drift` is given."""
-    store = SqliteStore(tmp / f"bench-drift-{drift is not None}.db")
+    store = SqliteStore(Path(tempfile.mkdtemp(dir=tmp)) / "bench-drift.db")
     metrics = Metrics()
     scorer = Scorer(store, model, manifest, metrics, lambda *_: None, batch_max=BATCH,
                     max_delay=0, drift=drift)
@@ -160,8 +161,16 @@ def main() -> dict:
         s_one, n_one = scorer_level(model, manifest, series[:20], tmp, 1,
                                     limit_ticks=manifest.window + 40)
         drift_manifest, stats_from = with_training_stats(manifest, series)
-        off = drift_level(model, drift_manifest, series, tmp, None)
-        on = drift_level(model, drift_manifest, series, tmp, DriftOptions(interval=0.0))
+        # Off and on alternate, best of three each: a shared machine's load moves both alike.
+        runs: dict[str, list[dict]] = {"off": [], "on": [], "default": []}
+        for _ in range(3):
+            runs["off"].append(drift_level(model, drift_manifest, series, tmp, None))
+            runs["on"].append(drift_level(model, drift_manifest, series, tmp,
+                                          DriftOptions(interval=0.0)))
+            runs["default"].append(drift_level(model, drift_manifest, series, tmp,
+                                               DriftOptions()))
+        off, on, default = (max(runs[k], key=lambda r: r["windows_per_s"])
+                            for k in ("off", "on", "default"))
     rows = [
         ["model call (tf.function)", m["batched"], m["one_per_window"],
          m["batched"] / m["one_per_window"]],
@@ -183,14 +192,20 @@ def main() -> dict:
                    "ratio": s_batched / s_one},
     }
     table(f"Drift checks during scoring ({len(series)} engines, ticks in rounds of 10 per "
-          f"engine; training statistics: {stats_from})",
-          ["drift checks", "windows/s", "asset checks", "ms per asset check"],
-          [["off", off["windows_per_s"], 0, None],
-           ["on, every engine after every round", on["windows_per_s"], on["asset_checks"],
-            f"{on['ms_per_asset_check'] or 0:.2f}"]])
-    print(f"scoring rate with drift checks on: {on['windows_per_s'] / off['windows_per_s']:.1%}"
-          " of the rate without them")
-    record["drift"] = {"off": off, "on": on, "statistics": stats_from,
+          f"engine; training statistics: {stats_from}; best of 3)",
+          ["drift checks", "windows/s", "asset checks", "ms per asset check",
+           "share of the scorer's time"],
+          [["off", off["windows_per_s"], 0, None, None],
+           *[[name, run["windows_per_s"], run["asset_checks"],
+              f"{run['ms_per_asset_check'] or 0:.2f}",
+              f"{run['check_seconds'] / run['seconds']:.1%}"]
+             for name, run in (("on, every engine after every round", on),
+                               ("on, default interval (30 s)", default))]])
+    for name, run in (("after every round", on), ("at the default interval", default)):
+        print(f"scoring rate with drift checks {name}: "
+              f"{run['windows_per_s'] / off['windows_per_s']:.1%} of the rate without them")
+    record["drift"] = {"off": off, "on": on, "default": default, "statistics": stats_from,
+                       "runs": runs,
                        "rate_ratio": on["windows_per_s"] / off["windows_per_s"]}
     path = save("cloud_scoring", record)
     print(f"wrote {path}")
