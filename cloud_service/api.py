@@ -2,7 +2,8 @@
 rollouts.
 
 Every write and admin route needs `Authorization: Bearer <api_token>`. Reads under /api/v1
-are open unless `api.read_token` is set; then they need that token (or api_token). Tokens are
+are open unless `api.read_token` is set; then they need that token (or api_token). The web UI's
+session cookie stands for the token it holds (writes also need the page's CSRF header). Tokens are
 compared in constant time. /healthz, /readyz, /metrics and the docs stay open. The docs' Swagger
 UI and ReDoc files are served by the service itself (fastapi-offline ships them): a plant
 network without the internet still sees them.
@@ -30,12 +31,19 @@ from fastapi_offline import FastAPIOffline
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloud_service import __version__, schemas
+from cloud_service import __version__, schemas, web
 from cloud_service.config import CloudConfig
 from cloud_service.deadletters import REASONS
 from cloud_service.rollouts import RolloutError
 from cloud_service.service import Service
 from cloud_service.store import AssetRow, ModelConflict, ModelRow
+from cloud_service.web.session import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Access,
+    access_of,
+    session_write_refusal,
+)
 from contract.errors import ContractError
 from contract.payloads import AlertState
 
@@ -74,7 +82,18 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 def require_token(request: Request, creds: Credentials) -> None:
-    """Write and admin routes: the api_token only."""
+    """Write and admin routes: the api_token only, as a bearer token or as the web UI's
+    session cookie with its CSRF header (web/session.py)."""
+    session = request.cookies.get(SESSION_COOKIE)
+    if (creds is None or creds.scheme.lower() != "bearer") and session is not None:
+        refused = session_write_refusal(service_of(request).cfg, session,
+                                        request.headers.get(CSRF_HEADER),
+                                        request.headers.get("origin"),
+                                        request.headers.get("host"))
+        if refused is None:
+            return
+        status, detail = refused
+        raise _unauthorized(detail) if status == 401 else HTTPException(status, detail)
     if creds is None or creds.scheme.lower() != "bearer":
         raise _unauthorized("this route needs 'Authorization: Bearer <api_token>' (the token "
                             "is the service's api_token setting)")
@@ -88,6 +107,9 @@ def require_read_token(request: Request, creds: Credentials) -> None:
     if cfg.api.read_token is None:
         return
     if creds is None or creds.scheme.lower() != "bearer":
+        session = request.cookies.get(SESSION_COOKIE)  # the web UI's sign-in
+        if session is not None and access_of(cfg, session) is not Access.NONE:
+            return
         raise _unauthorized("this route needs 'Authorization: Bearer <token>' with the "
                             "service's api.read_token or api_token")
     # Both compared, always: which one matched must not show in the time taken.
@@ -139,6 +161,7 @@ def create_app(cfg: CloudConfig) -> FastAPI:
     app.include_router(_ops_routes())
     app.include_router(_api_routes(), prefix="/api/v1", responses=UNAUTHORIZED,
                        dependencies=[Depends(require_read_token)])
+    app.include_router(web.create_router())
     return app
 
 
