@@ -8,6 +8,7 @@ the LSTM) and replaying the engines is the expensive part.
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -155,6 +156,7 @@ class Visit:
                                                                           "height": 900})
         self.page = self.context.new_page()
         self.requests: list[str] = []
+        self.allowed = [base_url]  # origins the pages may fetch from
         self.errors: list[str] = []
         self.static: list[tuple[str, int]] = []
         self.page.on("request", lambda req: self.requests.append(req.url))
@@ -193,7 +195,8 @@ class Visit:
         assert not self.errors, self.errors
         assert self.static and all(status in (200, 304) for _, status in self.static), \
             self.static
-        foreign = [u for u in self.requests if not u.startswith(self.base_url)]
+        foreign = [u for u in self.requests
+                   if not any(u.startswith(origin) for origin in self.allowed)]
         assert not foreign, f"the page fetched from elsewhere: {foreign}"
         self.context.close()
 
@@ -317,6 +320,60 @@ def test_models_and_dead_letters_pages(visit, fleet):
     assert page.locator("#dead-letters-table").count() == 1
 
 
+def post_from_page(visit: Visit, path: str, body: dict, csrf: bool) -> tuple[int, dict]:
+    """POST JSON from inside the page, with or without the page's CSRF value."""
+    return visit.page.evaluate(
+        """async ([path, body, csrf]) => {
+             const headers = {'Content-Type': 'application/json'};
+             if (csrf) headers['X-CSRF-Token'] = window.pdm.csrf();
+             const r = await fetch(path, {method: 'POST', credentials: 'same-origin', headers,
+                                          body: JSON.stringify(body)});
+             return [r.status, await r.json()]; }""", [path, body, csrf])
+
+
+@_browser
+def test_an_acknowledgement_is_stored_with_who_and_when_and_survives_a_reload(visit, fleet):
+    visit.sign_in(TOKEN, "/alerts")
+    page = visit.page
+    row = page.locator("#alerts-table tr.open").first
+    alert_id = row.get_attribute("data-alert-id")
+    before = time.time()
+    row.locator("input[name=by]").fill("j.doe")
+    row.locator("input[name=note]").fill("bearing noise confirmed on site")
+    row.locator("button[type=submit]").click()
+    selector = f"#alerts-table tr[data-alert-id='{alert_id}']"
+    visit.wait_for(f"document.querySelector(\"{selector}\").classList.contains('acked')")
+    page.reload()
+    assert "acked" in page.get_attribute(selector, "class")
+    assert page.inner_text(f"{selector} .ack-by") == "j.doe"
+    assert page.inner_text(f"{selector} .ack-note") == "bearing noise confirmed on site"
+    stored, = [a for a in fleet.pages("/api/v1/alerts", "after_id") if str(a["id"]) == alert_id]
+    assert stored["acknowledged_by"] == "j.doe"
+    assert stored["ack_note"] == "bearing noise confirmed on site"
+    assert before - 1 <= stored["acknowledged_at"] <= time.time() + 1
+    # the name is remembered for the next one; a second acknowledgement is refused by name
+    assert page.input_value("#alerts-table tr.open input[name=by] >> nth=0") == "j.doe"
+    status, body = post_from_page(visit, f"/api/v1/alerts/{alert_id}/acknowledge",
+                                  {"by": "someone-else"}, csrf=True)
+    assert status == 409 and "j.doe" in body["detail"]
+
+
+@_browser
+def test_a_write_from_the_session_needs_the_csrf_value_and_the_api_token(visit, fleet):
+    open_alert = fleet.get("/api/v1/alerts?acknowledged=false&limit=1")["items"][0]
+    path = f"/api/v1/alerts/{open_alert['id']}/acknowledge"
+    visit.sign_in(TOKEN, "/alerts")
+    status, body = post_from_page(visit, path, {"by": "forger"}, csrf=False)
+    assert status == 403 and "X-CSRF-Token" in body["detail"]
+    visit.page.click("header form button")  # sign out, then in with the read token
+    visit.page.wait_for_url("**/sign-in")
+    visit.sign_in(READ_TOKEN, "/alerts")
+    assert visit.page.locator("#alerts-table form[data-ack]").count() == 0  # no button
+    assert post_from_page(visit, path, {"by": "reader"}, csrf=True)[0] == 401
+    stored = fleet.get(f"/api/v1/alerts?after_id={open_alert['id'] - 1}&limit=1")["items"][0]
+    assert stored["acknowledged_by"] is None
+
+
 @pytest.fixture(scope="module")
 def open_service(fleet, tmp_path_factory):
     """A second service on the same store with no read token (pages open, as the API is)."""
@@ -380,3 +437,59 @@ def test_static_files_are_served_locally_and_pages_forbid_foreign_scripts(fleet)
         html = resp.read().decode()
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert "http://" not in html.replace(fleet.api, "") and "https://" not in html
+
+
+class ElsewherePage:
+    """A plain page served from 127.0.0.1 on a port of its own: another origin on the same
+    loopback host, as a malicious or compromised local web app would be."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = b"<!doctype html><title>elsewhere</title>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@_browser
+def test_a_page_of_another_site_cannot_acknowledge_with_the_operators_cookie(visit, fleet):
+    """A page on another port of 127.0.0.1 is the same site: the browser sends the cookie
+    with its request (SameSite does not stop it), and the service refuses it (another
+    Origin, no CSRF value)."""
+    open_alert = fleet.get("/api/v1/alerts?acknowledged=false&limit=1")["items"][0]
+    visit.sign_in(TOKEN, "/alerts")
+    elsewhere = ElsewherePage()
+    try:
+        visit.allowed.append(elsewhere.url)
+        visit.page.goto(f"{elsewhere.url}/")
+        with visit.page.expect_response(lambda r: r.url.endswith("/acknowledge")) as answer:
+            visit.page.evaluate(
+                """async (url) => { await fetch(url, {method: 'POST', mode: 'no-cors',
+                     credentials: 'include', headers: {'Content-Type': 'text/plain'},
+                     body: JSON.stringify({by: 'attacker'})}); }""",
+                f"{fleet.api}/api/v1/alerts/{open_alert['id']}/acknowledge")
+        refused = answer.value.status
+    finally:
+        elsewhere.close()
+    # 403, not 401: the cookie went with the request (the service answers a request with no
+    # credentials at all with 401) and was refused for its origin
+    assert refused == 403
+    stored = fleet.get(f"/api/v1/alerts?after_id={open_alert['id'] - 1}&limit=1")["items"][0]
+    assert stored["acknowledged_by"] is None

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 import jinja2
@@ -50,6 +50,7 @@ MAYBE_ID = r"^([A-Za-z0-9_-]{1,64})?$"
 MAYBE_STATE = r"^(|CRITICAL|WARNING|NORMAL|UNSCORED)$"
 FORM_LIMIT = 8192  # bytes of a sign-in form; a token is far shorter
 ALERT_ROWS = 500  # newest alerts a page shows
+PAGE = 5000  # rows per store read
 DEAD_LETTER_ROWS = 200
 DEFAULT_SENSORS = 3
 PERIODS = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400, "all": None}
@@ -68,6 +69,7 @@ templates = Jinja2Templates(env=_env)
 STATIC_FILES = {p.relative_to(STATIC).as_posix(): p for p in STATIC.rglob("*") if p.is_file()}
 _MEDIA = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
+Row = TypeVar("Row", StoredAlert, DeadLetterRow)
 GatewayId = Annotated[str, PathParam(pattern=ID)]
 AssetId = Annotated[str, PathParam(pattern=ID)]
 
@@ -284,7 +286,7 @@ def _asset_context(request: Request, gateway: str, asset: str) -> dict[str, Any]
     last = row["last_seq"]
     latest = store.ticks(gateway, asset, last - 1, last, None, None, 1) if last is not None else []
     status = {g["gateway"]: g for g in store.gateways()}.get(gateway)
-    alerts = _newest(lambda after: store.alerts(gateway, asset, None, None, after, 5000),
+    alerts = _newest(lambda after: store.alerts(gateway, asset, None, None, after, PAGE),
                      ALERT_ROWS)
     return {"asset": row, "gateway_row": status, "alerts": alerts, "now": time.time(),
             "sensor_names": sensor_names(latest[0]["values"] if latest else None),
@@ -294,31 +296,34 @@ def _asset_context(request: Request, gateway: str, asset: str) -> dict[str, Any]
 def _alerts_filter(state: Annotated[str, Query(pattern=r"^(|CRITICAL|WARNING|NORMAL)$")] = "",
                    gateway: Annotated[str, Query(pattern=MAYBE_ID)] = "",
                    asset: Annotated[str, Query(pattern=MAYBE_ID)] = "",
+                   acknowledged: Annotated[str, Query(pattern=r"^(|yes|no)$")] = "",
                    period: Annotated[str, Query(pattern=r"^(1h|24h|7d|30d|all)$")] = "7d",
                    ) -> dict[str, Any]:
     return {"state": state or None, "gateway": gateway or None, "asset": asset or None,
-            "period": period}
+            "acknowledged": acknowledged, "period": period}
 
 
 def _alerts_context(request: Request, chosen: Mapping[str, Any]) -> dict[str, Any]:
     store = _service(request).store
     seconds = PERIODS[chosen["period"]]
     since = time.time() - seconds if seconds is not None else None
+    acknowledged = {"": None, "yes": True, "no": False}[chosen["acknowledged"]]
     alerts = _newest(lambda after: store.alerts(chosen["gateway"], chosen["asset"],
-                                                chosen["state"], since, after, 5000),
-                     ALERT_ROWS)
+                                                chosen["state"], since, after, PAGE,
+                                                acknowledged=acknowledged), ALERT_ROWS)
     return {"alerts": alerts, "chosen": chosen, "periods": list(PERIODS),
             "alert_states": STATES, "now": time.time()}
 
 
-def _newest(read_page: Any, keep: int) -> list[StoredAlert]:
-    """The newest `keep` rows, newest first, from a read that pages oldest first by id."""
-    rows: deque[StoredAlert] = deque(maxlen=keep)
+def _newest(read_page: Callable[[int], list[Row]], keep: int) -> list[Row]:
+    """The newest `keep` rows, newest first, from a read that pages oldest first by id (the
+    API's order, which both store backends serve from the primary key)."""
+    rows: deque[Row] = deque(maxlen=keep)
     after = 0
     while True:
         page = read_page(after)
         rows.extend(page)
-        if len(page) < 5000:
+        if len(page) < PAGE:
             return list(reversed(rows))
         after = page[-1]["id"]
 
@@ -334,13 +339,7 @@ def _dead_letters_context(request: Request, access: Access, reason: str) -> dict
     if access is not Access.WRITE:
         return {"letters": [], "counts": {}, "reason": reason, "allowed": False}
     store = _service(request).store
-    letters: deque[DeadLetterRow] = deque(maxlen=DEAD_LETTER_ROWS)
-    after = 0
-    while True:
-        page = store.dead_letters(reason or None, after, 5000)
-        letters.extend(page)
-        if len(page) < 5000:
-            break
-        after = page[-1]["id"]
-    return {"letters": list(reversed(letters)), "counts": store.dead_letter_counts(),
+    letters = _newest(lambda after: store.dead_letters(reason or None, after, PAGE),
+                      DEAD_LETTER_ROWS)
+    return {"letters": letters, "counts": store.dead_letter_counts(),
             "reason": reason, "allowed": True, "now": time.time()}
