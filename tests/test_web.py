@@ -356,6 +356,14 @@ def test_an_acknowledgement_is_stored_with_who_and_when_and_survives_a_reload(vi
     status, body = post_from_page(visit, f"/api/v1/alerts/{alert_id}/acknowledge",
                                   {"by": "someone-else"}, csrf=True)
     assert status == 409 and "j.doe" in body["detail"]
+    # a note is text, whatever it holds
+    other = page.locator("#alerts-table tr.open").first.get_attribute("data-alert-id")
+    html = '<img src=x onerror="document.title=1"> & <b>bold</b>'
+    assert post_from_page(visit, f"/api/v1/alerts/{other}/acknowledge",
+                          {"by": "k.lee", "note": html}, csrf=True)[0] == 200
+    page.reload()
+    assert page.inner_text(f"#alerts-table tr[data-alert-id='{other}'] .ack-note") == html
+    assert page.locator("#alerts-table img, #alerts-table b:not(.ack-by)").count() == 0
 
 
 @_browser
