@@ -20,12 +20,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from cloud_service import schemas
 from cloud_service.metrics import Metrics
 from cloud_service.store import (
     AssetKey,
     DriftCheck,
     DriftEventRow,
+    FleetReader,
     ScoringStore,
+    StoredDrift,
     WindowTicks,
 )
 from contract.drift import (
@@ -62,6 +65,38 @@ def report_detail(report: DriftReport, settings: DriftSettings, window: int,
         "regime_ticks": report.regime_ticks, "out_of_regime": out_of_regime,
         "reason": report.reason, "window": window, "settings": asdict(settings)},
         separators=(",", ":"))
+
+
+def drift_view(row: StoredDrift) -> schemas.AssetDrift:
+    """A stored check as the API and the pages show it."""
+    detail = json.loads(row["detail"])
+    return schemas.AssetDrift(
+        gateway=row["gateway"], asset=row["asset"], state=row["state"], score=row["score"],
+        reason=detail.get("reason"), ticks=row["ticks"], last_seq=row["last_seq"],
+        checked_at=row["checked_at"], model_version=row["model_version"],
+        window=detail.get("window"), thresholds=detail.get("settings"),
+        regime_ticks=detail.get("regime_ticks", []),
+        out_of_regime=detail.get("out_of_regime", 0),
+        features=[schemas.FeatureDrift(**f) for f in detail.get("features", [])])
+
+
+def describe_asset_drift(store: FleetReader, gateway: str, asset: str, manifest: Manifest | None,
+                     checking: bool) -> schemas.AssetDrift:
+    """The asset's latest check, or why there is none (`checking`: this service runs drift
+    checks). The asset must exist."""
+    row = store.asset_drift(gateway, asset)
+    if row is not None:
+        return drift_view(row)
+    if manifest is None:
+        why = "no model is loaded"
+    elif manifest.training_stats is None:
+        why = (f"model {manifest.version} carries no training statistics (retrain it with "
+               "this converter to get them)")
+    elif not checking:
+        why = "drift checks are off (drift.enabled)"
+    else:
+        why = "not checked yet"
+    return schemas.AssetDrift(gateway=gateway, asset=asset, state="unavailable", reason=why)
 
 
 class DriftMonitor:

@@ -49,6 +49,11 @@ class Service:
         self._stopping = threading.Event()
         self._retention: threading.Thread | None = None
 
+    @property
+    def checks_drift(self) -> bool:
+        """Whether this service compares its assets' inputs with the training data."""
+        return self.scorer is not None and self.scorer.drift is not None
+
     def start(self) -> None:
         """Load the model (a bad bundle keeps the service up but not ready: ticks are still
         stored and scored once a good bundle is configured), then start scoring and ingest."""

@@ -42,11 +42,16 @@ from converter.data import (
     split_assets,
     training_stats,
 )
+from tests import test_web
 from tests.conftest import DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY
+from tests.support.broker import Mosquitto
 from tests.support.bundles import variant
 from tests.test_cloud_core import FakeModel
 from tests.test_cloud_service import Publisher, Running, cloud_config, wait_until
+from tests.test_web import Visit
 
+# The web tests' browser fixture (Debian's chromium through playwright), under this name.
+shared_browser = test_web.browser
 REPO = Path(__file__).resolve().parent.parent
 STATS_FILE = REPO / "tests" / "data" / "fd001_training_stats.json"
 FD002_EXCERPT = REPO / "data" / "cmapss" / "test_FD002_units1-5.txt"
@@ -299,59 +304,97 @@ def fd001_bundle_with_stats(tmp_path_factory):
     return folder, public
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in exp")
-def test_the_api_and_metrics_show_fd002_engines_drifting_from_the_fd001_model(
-        tmp_path, broker, fd001_bundle_with_stats):
+@pytest.fixture(scope="module")
+def drifting_cloud(tmp_path_factory, fd001_bundle_with_stats):
+    """The cloud service scoring with the FD001 model (and its training statistics), fed two
+    FD001 and two FD002 test engines through a real broker; yields once every engine's last
+    tick has been checked for drift."""
     folder, public = fd001_bundle_with_stats
+    work = tmp_path_factory.mktemp("drifting")
+    broker = Mosquitto(work / "broker").start()
     fd001 = load_cmapss(REPO / "data" / "cmapss" / "test_FD001.txt").select(FEATURES).series
     fd002 = load_cmapss(FD002_EXCERPT).select(FEATURES).series
     engines = {f"fd001-{u}": fd001[u] for u in [u for u, r in fd001.items()
                                                  if len(r) >= WINDOW][:2]}
     engines |= {f"fd002-{u}": fd002[u] for u in ("1", "3")}
-    c = Running(cloud_config(tmp_path, broker, folder, public, drift={"interval": 0.2}))
+    c = Running(cloud_config(work, broker, folder, public, drift={"interval": 0.2}))
     publisher = Publisher(broker)
     try:
         for asset, rows in engines.items():
             for first in range(0, len(rows), 50):
                 b = cmapss_batch(asset, rows[first:first + 50], first)
-                publisher.send(topics.uplink("gw"), codec.encode_uplink(b.model_copy(
-                    update={"gateway": "gw"})))
+                publisher.send(topics.uplink("gw"), codec.encode_uplink(b))
 
         def checked_to_the_end() -> bool:
             drift = {a: c.http.get(f"/api/v1/assets/gw/{a}/drift").json() for a in engines}
             return all(d.get("last_seq") == len(engines[a]) - 1 for a, d in drift.items())
 
         wait_until(checked_to_the_end, 120, "drift checks of every engine's last tick")
-        for asset in engines:
-            drift = c.http.get(f"/api/v1/assets/gw/{asset}/drift").json()
-            assert drift["ticks"] == min(WINDOW, len(engines[asset]))
-            assert drift["model_version"] == "fd001-1.0-stats"
-            assert [f["feature"] for f in drift["features"]] == FEATURES
-            assert drift["thresholds"] == {"watch": 0.1, "drift": 0.25, "min_ticks": 50,
-                                           "feature_share": 0.5}
-            want = "drift" if asset.startswith("fd002") else "ok"
-            assert drift["state"] == want, (asset, drift["score"])
-            if want == "drift":
-                assert all(f["state"] == "drift" for f in drift["features"])
-        listed = {a["asset"]: a["drift_state"] for a in c.http.get("/api/v1/assets").json()}
-        assert listed == {a: ("drift" if a.startswith("fd002") else "ok") for a in engines}
-        events = c.http.get("/api/v1/drift-events").json()["items"]
-        assert sorted((e["asset"], e["kind"]) for e in events) == [
-            ("fd002-1", "raised"), ("fd002-3", "raised")]
-        assert events[0]["features"] == FEATURES
-        assert c.http.get("/api/v1/drift-events", params={"kind": "cleared"}).json() == {
-            "items": [], "next_after_id": None}
-        metrics = c.http.get("/metrics").text
-        assert "pdm_cloud_assets_drifting 2.0" in metrics
-        assert 'pdm_cloud_drift_events_total{kind="raised"} 2.0' in metrics
-        psi_line = next(line for line in metrics.splitlines()
-                        if line.startswith('pdm_cloud_drift_psi{feature="sensor_11"}'))
-        assert float(psi_line.split()[-1]) > 1
-        missing = c.http.get("/api/v1/assets/gw/nope/drift")
-        assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+        c.engines = engines  # type: ignore[attr-defined]
+        yield c
     finally:
         publisher.close()
         c.close()
+        broker.stop()
+
+
+def test_the_api_and_metrics_show_fd002_engines_drifting_from_the_fd001_model(drifting_cloud):
+    c = drifting_cloud
+    engines = c.engines
+    for asset in engines:
+        drift = c.http.get(f"/api/v1/assets/gw/{asset}/drift").json()
+        assert drift["ticks"] == min(WINDOW, len(engines[asset]))
+        assert drift["model_version"] == "fd001-1.0-stats"
+        assert [f["feature"] for f in drift["features"]] == FEATURES
+        assert drift["thresholds"] == {"watch": 0.1, "drift": 0.25, "min_ticks": 50,
+                                       "feature_share": 0.5}
+        want = "drift" if asset.startswith("fd002") else "ok"
+        assert drift["state"] == want, (asset, drift["score"])
+        if want == "drift":
+            assert all(f["state"] == "drift" for f in drift["features"])
+    listed = {a["asset"]: a["drift_state"] for a in c.http.get("/api/v1/assets").json()}
+    assert listed == {a: ("drift" if a.startswith("fd002") else "ok") for a in engines}
+    events = c.http.get("/api/v1/drift-events").json()["items"]
+    assert sorted((e["asset"], e["kind"]) for e in events) == [
+        ("fd002-1", "raised"), ("fd002-3", "raised")]
+    assert events[0]["features"] == FEATURES
+    assert c.http.get("/api/v1/drift-events", params={"kind": "cleared"}).json() == {
+        "items": [], "next_after_id": None}
+    metrics = c.http.get("/metrics").text
+    assert "pdm_cloud_assets_drifting 2.0" in metrics
+    assert 'pdm_cloud_drift_events_total{kind="raised"} 2.0' in metrics
+    psi_line = next(line for line in metrics.splitlines()
+                    if line.startswith('pdm_cloud_drift_psi{feature="sensor_11"}'))
+    assert float(psi_line.split()[-1]) > 1
+    missing = c.http.get("/api/v1/assets/gw/nope/drift")
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+@pytest.mark.browser
+def test_the_asset_page_shows_a_drift_panel_and_the_fleet_a_drift_column(drifting_cloud,
+                                                                          shared_browser):
+    visit = Visit(shared_browser, drifting_cloud.server.url)
+    try:
+        page = visit.page
+        page.goto("/")
+        drift_of = page.eval_on_selector_all(
+            "#fleet-table tbody tr[data-asset]",
+            "rows => Object.fromEntries(rows.map(r => [r.dataset.asset, r.dataset.drift]))")
+        assert drift_of == {a: ("drift" if a.startswith("fd002") else "ok")
+                            for a in drifting_cloud.engines}
+        page.goto("/assets/gw/fd002-1")
+        assert page.get_attribute("#drift-state", "data-state") == "drift"
+        states = page.eval_on_selector_all("#drift-table tbody tr",
+                                           "rows => rows.map(r => r.dataset.state)")
+        assert states == ["drift"] * len(FEATURES)
+        healthy = next(a for a in drifting_cloud.engines if a.startswith("fd001"))
+        page.goto(f"/assets/gw/{healthy}")
+        assert page.get_attribute("#drift-state", "data-state") == "ok"
+        # the panel is a live region: its fragment answers on its own
+        fragment = page.request.get("/ui/assets/gw/fd002-3/drift")
+        assert fragment.status == 200 and 'data-state="drift"' in fragment.text()
+    finally:
+        visit.close()
 
 
 def test_drift_of_a_model_without_statistics_says_why(tmp_path, broker):

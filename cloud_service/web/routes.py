@@ -24,6 +24,7 @@ from fastapi.templating import Jinja2Templates
 
 from cloud_service import __version__
 from cloud_service.config import CloudConfig
+from cloud_service.drift import describe_asset_drift
 from cloud_service.service import Service
 from cloud_service.store import DeadLetterRow, StoredAlert
 from cloud_service.web import filters
@@ -130,7 +131,8 @@ def fleet_query(state: Annotated[str, Query(pattern=MAYBE_STATE)] = "",
                 gateway: Annotated[str, Query(pattern=MAYBE_ID)] = "",
                 q: Annotated[str, Query(max_length=64)] = "",
                 sort: Annotated[str, Query(
-                    pattern=r"^(state|rul|probability|last_seen|asset|gateway)$")] = "state",
+                    pattern=r"^(state|rul|probability|last_seen|asset|gateway|drift)$")]
+                = "state",
                 desc: bool = False) -> FleetQuery:
     return FleetQuery(state=state or None, gateway=gateway or None, text=q,  # type: ignore[arg-type]
                       sort=sort, descending=desc)  # type: ignore[arg-type]
@@ -138,7 +140,8 @@ def fleet_query(state: Annotated[str, Query(pattern=MAYBE_STATE)] = "",
 
 def _fleet_context(request: Request, query: FleetQuery) -> dict[str, Any]:
     store = _service(request).store
-    view = select_fleet(fleet_rows(store.assets(), store.gateways()), query)
+    view = select_fleet(fleet_rows(store.assets(), store.gateways(), store.asset_drifts()),
+                        query)
     return {"view": view, "fleet": query, "states": (*STATES, UNSCORED), "now": time.time()}
 
 
@@ -220,7 +223,9 @@ def create_router() -> APIRouter:
         if unknown:
             raise HTTPException(422, f"unknown sensor(s) {', '.join(map(repr, unknown))}; this "
                                      f"asset has {', '.join(names) or 'no ticks yet'}")
-        return _render(request, "asset.html", access, chosen=chosen, **context)
+        drift = describe_asset_drift(_service(request).store, gateway, asset,
+                                     _service(request).manifest, _service(request).checks_drift)
+        return _render(request, "asset.html", access, chosen=chosen, drift=drift, **context)
 
     @r.get("/ui/assets/{gateway}/{asset}")
     def read_asset_fragment(request: Request, access: PageAccess, gateway: GatewayId,
@@ -231,6 +236,16 @@ def create_router() -> APIRouter:
         if context is None:
             raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r}")
         return _render(request, "_asset.html", access, **context)
+
+    @r.get("/ui/assets/{gateway}/{asset}/drift")
+    def read_drift_fragment(request: Request, access: PageAccess, gateway: GatewayId,
+                            asset: AssetId) -> Response:
+        if access is Access.NONE:
+            return _signed_out_fragment()
+        context = _drift_context(request, gateway, asset)
+        if context is None:
+            raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r}")
+        return _render(request, "_drift.html", access, **context)
 
     @r.get("/alerts")
     def read_alerts_page(request: Request, access: PageAccess,
@@ -276,6 +291,14 @@ def create_router() -> APIRouter:
                        **_dead_letters_context(request, access, reason))
 
     return r
+
+
+def _drift_context(request: Request, gateway: str, asset: str) -> dict[str, Any] | None:
+    service = _service(request)
+    if service.store.asset(gateway, asset) is None:
+        return None
+    return {"drift": describe_asset_drift(service.store, gateway, asset, service.manifest,
+                                          service.checks_drift), "now": time.time()}
 
 
 def _asset_context(request: Request, gateway: str, asset: str) -> dict[str, Any] | None:

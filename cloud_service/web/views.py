@@ -11,12 +11,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cloud_service.store import AssetRow, GatewayRow
+from cloud_service.store import AssetRow, GatewayRow, StoredDrift
 
 STATES = ("CRITICAL", "WARNING", "NORMAL")
 UNSCORED = "UNSCORED"  # an asset the cloud has not scored yet (fewer ticks than a window)
 StateFilter = Literal["CRITICAL", "WARNING", "NORMAL", "UNSCORED"]
-FleetSort = Literal["state", "rul", "probability", "last_seen", "asset", "gateway"]
+FleetSort = Literal["state", "rul", "probability", "last_seen", "asset", "gateway", "drift"]
 SEVERITY = {"CRITICAL": 0, "WARNING": 1, "NORMAL": 2}
 MAX_ROWS = 1000  # rows one page renders; the summary still counts every asset
 
@@ -44,6 +44,8 @@ class FleetRow:
     ticks: int
     model_version: str | None
     gateway_online: bool | None  # None: the gateway never sent a status
+    drift_state: str | None = None  # input drift (ok, watch, drift, unavailable); None: unchecked
+    drift_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,20 @@ class AlertFilter:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def fleet_rows(assets: Iterable[AssetRow], gateways: Iterable[GatewayRow]) -> list[FleetRow]:
+def fleet_rows(assets: Iterable[AssetRow], gateways: Iterable[GatewayRow],
+               drifts: Iterable[StoredDrift] = ()) -> list[FleetRow]:
     online = {g["gateway"]: None if g["online"] is None else bool(g["online"]) for g in gateways}
+    drift = {(d["gateway"], d["asset"]): d for d in drifts}
     return [FleetRow(
         gateway=a["gateway"], asset=a["asset"], state=a["cloud_state"],
         state_since=a["cloud_state_since"], rul=a["cloud_rul"], probability=a["cloud_probability"],
         edge_rul=a["edge_rul"], edge_probability=a["edge_probability"], last_seen=a["last_seen"],
         ticks=a["ticks"] or 0, model_version=a["cloud_model_version"],
-        gateway_online=online.get(a["gateway"])) for a in assets]
+        gateway_online=online.get(a["gateway"]),
+        drift_state=(drift[a["gateway"], a["asset"]]["state"]
+                     if (a["gateway"], a["asset"]) in drift else None),
+        drift_score=(drift[a["gateway"], a["asset"]]["score"]
+                     if (a["gateway"], a["asset"]) in drift else None)) for a in assets]
 
 
 def _matches(row: FleetRow, query: FleetQuery) -> bool:
@@ -95,7 +103,8 @@ def _sort_key(row: FleetRow, sort: FleetSort) -> tuple:
         return (row.asset, row.gateway)
     if sort == "gateway":
         return name
-    value = {"rul": row.rul, "probability": row.probability, "last_seen": row.last_seen}[sort]
+    value = {"rul": row.rul, "probability": row.probability, "last_seen": row.last_seen,
+             "drift": row.drift_score}[sort]
     return (value, *urgency, *name)
 
 
@@ -106,9 +115,10 @@ def select_fleet(rows: Sequence[FleetRow], query: FleetQuery,
     for row in rows:
         states[row.state or UNSCORED] = states.get(row.state or UNSCORED, 0) + 1
     matched = [row for row in rows if _matches(row, query)]
-    if query.sort in ("rul", "probability", "last_seen"):
-        present = [r for r in matched if getattr(r, query.sort) is not None]
-        missing = [r for r in matched if getattr(r, query.sort) is None]
+    if query.sort in ("rul", "probability", "last_seen", "drift"):
+        column = "drift_score" if query.sort == "drift" else query.sort
+        present = [r for r in matched if getattr(r, column) is not None]
+        missing = [r for r in matched if getattr(r, column) is None]
         present.sort(key=lambda r: _sort_key(r, query.sort), reverse=query.descending)
         missing.sort(key=lambda r: _sort_key(r, "state"))
         ordered = present + missing

@@ -11,21 +11,10 @@ from fastapi import APIRouter, HTTPException, Query
 
 from cloud_service import schemas
 from cloud_service.api.deps import ID, MAX_SEQ, NOT_FOUND, AssetId, GatewayId, Limit, ServiceDep
-from cloud_service.store import StoredDrift, StoredDriftEvent
+from cloud_service.drift import describe_asset_drift
+from cloud_service.store import StoredDriftEvent
 
 router = APIRouter(tags=["drift"])
-
-
-def asset_drift_out(row: StoredDrift) -> schemas.AssetDrift:
-    detail = json.loads(row["detail"])
-    return schemas.AssetDrift(
-        gateway=row["gateway"], asset=row["asset"], state=row["state"], score=row["score"],
-        reason=detail.get("reason"), ticks=row["ticks"], last_seq=row["last_seq"],
-        checked_at=row["checked_at"], model_version=row["model_version"],
-        window=detail.get("window"), thresholds=detail.get("settings"),
-        regime_ticks=detail.get("regime_ticks", []),
-        out_of_regime=detail.get("out_of_regime", 0),
-        features=[schemas.FeatureDrift(**f) for f in detail.get("features", [])])
 
 
 def drift_event_out(row: StoredDriftEvent) -> schemas.DriftEvent:
@@ -41,20 +30,8 @@ def read_asset_drift(service: ServiceDep, gateway: GatewayId,
                      asset: AssetId) -> schemas.AssetDrift:
     if service.store.asset(gateway, asset) is None:
         raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r} has sent ticks")
-    row = service.store.asset_drift(gateway, asset)
-    if row is not None:
-        return asset_drift_out(row)
-    manifest = service.manifest
-    if manifest is None:
-        why = "no model is loaded"
-    elif manifest.training_stats is None:
-        why = (f"model {manifest.version} carries no training statistics (retrain it with "
-               "this converter to get them)")
-    elif service.scorer is None or service.scorer.drift is None:
-        why = "drift checks are off (drift.enabled)"
-    else:
-        why = "not checked yet"
-    return schemas.AssetDrift(gateway=gateway, asset=asset, state="unavailable", reason=why)
+    return describe_asset_drift(service.store, gateway, asset, service.manifest,
+                                service.checks_drift)
 
 
 @router.get("/drift-events", summary="Assets crossing the drift threshold and coming back, "
