@@ -454,7 +454,7 @@ class Scorer:
     def _score(self, taken: dict[AssetKey, list[int]]) -> int:
         w = self.window
         inputs: list[np.ndarray] = []
-        far: list[tuple[AssetKey, int, np.ndarray]] = []  # ticks out of every regime
+        far: list[tuple[AssetKey, np.ndarray]] = []  # window ends out of every regime
         plan: list[tuple[AssetKey, WindowTicks, list[int], list[int]]] = []
         unusable: list[tuple[AssetKey, WindowTicks, int, str]] = []
         ticks_of = self.store.windows_ticks(
@@ -476,8 +476,7 @@ class Scorer:
                 x, flagged = assemble_windows(t.seqs, rows, good, self.manifest)
                 inputs.append(x)
                 if flagged.any():
-                    far.append((key, int(flagged.sum()),
-                                np.asarray(good)[flagged]))
+                    far.append((key, np.asarray(good)[flagged]))
                 plan.append((key, t, good, positions))
         scored_at = self.clock()
         prob = rul = np.empty(0, np.float32)
@@ -555,13 +554,13 @@ class Scorer:
                 log.exception("publishing a cloud alert failed (it is stored)")
         return i + len(unusable)
 
-    def _count_out_of_regime(self, far: list[tuple[AssetKey, int, np.ndarray]]) -> None:
+    def _count_out_of_regime(self, far: list[tuple[AssetKey, np.ndarray]]) -> None:
         """Count (and now and then log) scored ticks whose settings fit no regime."""
-        total = sum(n for _, n, _ in far)
+        total = sum(len(seqs) for _, seqs in far)
         if not total:
             return
         self.metrics.out_of_regime.inc(total)
-        (gateway, asset), _, seqs = far[0]
+        (gateway, asset), seqs = far[0]
         line = self._regime_log.note(total, f"{gateway}/{asset} seq {int(seqs[0])}")
         if line:
             log.warning("%s", line)

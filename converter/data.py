@@ -11,6 +11,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -253,7 +254,8 @@ def count_regimes(z: np.ndarray, seed: int = 0, max_regimes: int = MAX_REGIMES
     return (best if scores.get(best, 0.0) >= STRONG_SILHOUETTE else 1), scores
 
 
-def fit_regimes(fleet: Fleet, n: int | None = None, method: str = "zscore", seed: int = 0,
+def fit_regimes(fleet: Fleet, n: int | None = None,
+                method: Literal["minmax", "zscore"] = "zscore", seed: int = 0,
                 settings: list[str] | None = None) -> Regimes:
     """Operating regimes of a training fleet: k-means on its standardised operational
     settings (`n` regimes, or as many as `count_regimes` finds), with per-regime statistics of

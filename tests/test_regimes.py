@@ -3,17 +3,28 @@ contract.preprocess exactly as the converter applied them (real C-MAPSS FD001 an
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
+import subprocess
+import sys
+import time
+import urllib.request
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import ValidationError
 
+from contract import codec, topics
 from contract.cmapss import COLUMNS, read_cmapss
 from contract.manifest import EdgeModel, Manifest, Normalisation, Regimes, Source
 from contract.preprocess import Normaliser, normalise, normalised_window, sliding_windows
-from converter.data import DataError, fit_regimes, load_cmapss, prepare_cmapss
-from tests.conftest import DATA_DIR, DEFAULT_BUNDLE
+from converter.data import DataError, fit_regimes, load_cmapss, prepare_cmapss, prepare_csv
+from tests.conftest import DATA_DIR, DEFAULT_BUNDLE, REPO
+from tests.support.broker import free_port
+from tests.support.mqtt import Recorder
+from tests.support.procs import track
 
 FILES = {"model.keras": "0" * 64, "model_float.tflite": "0" * 64, "model_int8.tflite": "0" * 64}
 
@@ -141,6 +152,164 @@ def test_forcing_regimes_on_data_without_settings_is_refused(tmp_path):
     f = tmp_path / "run.csv"
     f.write_text("asset,time,a\n" + "".join(f"u{u},{t},{t * u}\n" for u in range(3)
                                              for t in range(1, 6)))
-    from converter.data import prepare_csv
     with pytest.raises(DataError, match="needs operational-setting columns"):
         prepare_csv(f, "asset", "time", None, window=2, regimes=3)
+
+
+# --------------------------------------------------------------------------- edge and cloud
+
+T0 = 1_800_000_000.0
+RW = 10  # window of the regime bundle
+
+
+@pytest.fixture(scope="module")
+def regime_bundle(tmp_path_factory):
+    """A signed FD002 bundle with six regimes (found from 12 training units) and a real float
+    TFLite edge model. The network is the small readable one of tests/support/cloud.py
+    (probability follows the first normalised feature), not trained: these tests are about
+    the data path, and a bundle built this way takes seconds."""
+    needs("FD002")
+    from contract.bundle import generate_keypair, sha256_file, sign_bundle
+    from converter.quantize import convert_float
+    from tests.support.cloud import build_keras_model
+
+    p = prepare_cmapss(DATA_DIR, "FD002", window=RW, max_units=12)
+    root = tmp_path_factory.mktemp("regime-bundle")
+    folder = root / "fd002-regimes-1"
+    folder.mkdir()
+    generate_keypair(root / "k.pem", root / "k.pub")
+    model = build_keras_model(RW, len(p.features), (8,), gain=1.0)
+    model.save(folder / "model.keras")
+    flat = convert_float(model)
+    (folder / "model_float.tflite").write_bytes(flat)
+    (folder / "model_edge.tflite").write_bytes(flat)
+    m = Manifest(version="fd002-regimes-1", created="2026-11-25T00:00:00Z",
+                 source=Source(dataset="C-MAPSS FD002", files={}), features=p.features,
+                 window=RW, regimes=p.regimes, horizon=30, rul_cap=125,
+                 edge=EdgeModel(file="model_edge.tflite", quantization="float32"),
+                 files={n: sha256_file(folder / n) for n in
+                        ("model.keras", "model_float.tflite", "model_edge.tflite")})
+    (folder / "manifest.json").write_text(m.model_dump_json(indent=2))
+    sign_bundle(folder, root / "k.pem")
+    return folder, root / "k.pub"
+
+
+def fd002_test_rows(unit: int, columns: list[str]) -> np.ndarray:
+    raw = read_cmapss(DATA_DIR / "test_FD002.txt")
+    return raw[raw[:, 0] == unit][:, [COLUMNS.index(c) for c in columns]].astype(np.float32)
+
+
+@pytest.mark.slow
+def test_the_edge_scores_a_regime_bundle_and_flags_a_tick_out_of_regime(regime_bundle):
+    from contract.bundle import verify_bundle
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.readings import Reading
+    from edge_agent.scorer import Scorer
+
+    folder, pub = regime_bundle
+    m = verify_bundle(folder, [pub])
+    assert m.schema_version == 2 and m.regimes is not None and m.regimes.count == 6
+    pipeline = Pipeline("gw1", m, Scorer(folder / m.edge.file, m))
+    rows = fd002_test_rows(1, m.columns)[:RW + 5]
+    far_at = RW + 2
+    rows[far_at, m.columns.index("setting_1")] += 5.0  # 5 kft away from any flight condition
+    done = [pipeline.process(Reading("engine-1", T0 + i, dict(zip(m.columns, map(float, r),
+                                                                  strict=True))))
+            for i, r in enumerate(rows)]
+    assert [p.score is not None for p in done] == [i >= RW - 1 for i in range(len(rows))]
+    assert [p.out_of_regime for p in done] == [i == far_at for i in range(len(rows))]
+    assert done[-1].tick.values.shape == (len(m.columns),)  # the outbox row holds the settings
+    # the edge's scores are those of the float model on the contract's normalised windows
+    import keras
+
+    keras_model = keras.saving.load_model(folder / "model.keras", compile=False)
+    x, _ = normalise(sliding_windows(rows, RW), m)
+    want = keras.ops.convert_to_numpy(keras_model(x))[:, 0]
+    got = [p.score.probability for p in done[RW - 1:]]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_cloud_scores_settings_carrying_batches_counts_far_ticks_and_explains_old_ones(
+        regime_bundle, tmp_path):
+    from cloud_service.metrics import Metrics
+    from cloud_service.model import load_verified
+    from cloud_service.scoring import Scorer
+    from cloud_service.store import Received, SqliteStore
+    from contract.payloads import UplinkBatch
+
+    folder, pub = regime_bundle
+    m, model = load_verified(folder, [pub])
+    store = SqliteStore(tmp_path / "cloud.db")
+    metrics = Metrics()
+    scorer = Scorer(store, model, m, metrics, lambda topic, payload: None, max_delay=0)
+    scorer.recover()
+    rows = fd002_test_rows(2, m.columns)[:RW + 10]
+    rows[RW + 3, m.columns.index("setting_3")] = 80.0  # a throttle angle no regime has
+    n = len(rows)
+
+    def batch(asset: str, columns: list[str], values: np.ndarray) -> Received:
+        return Received(UplinkBatch(
+            gateway="gw1", asset=asset, first_seq=0, timestamps=T0 + np.arange(n),
+            features=tuple(columns), values=values, probability=np.full(n, np.nan, np.float32),
+            rul=np.full(n, np.nan, np.float32), model_version="edge-1"), 1.0)
+
+    old = batch("old-agent", m.features, rows[:, : len(m.features)])  # no settings columns
+    scorer.notify(store.write_ingest([batch("engine-2", m.columns, rows), old], [], []))
+    scorer.drain()
+    preds = store.predictions("gw1", "engine-2", -1, None, 100)
+    assert [p["seq"] for p in preds] == list(range(RW - 1, n))
+    x, far = normalise(sliding_windows(rows, RW), m)
+    prob, _ = model(x)
+    np.testing.assert_allclose([p["probability"] for p in preds], prob, atol=1e-5)
+    assert far[:, -1].sum() == 1 and metrics.out_of_regime._value.get() == 1
+    assert b"pdm_cloud_out_of_regime_total 1.0" in metrics.render()
+    unscored = store.predictions("gw1", "old-agent", -1, None, 100)
+    assert unscored and all(p["probability"] is None and "setting_1" in p["error"]
+                            for p in unscored)
+    store.close()
+
+
+@pytest.mark.slow
+def test_the_agent_uplinks_the_settings_and_counts_a_far_tick(regime_bundle, tmp_path, broker):
+    folder, pub = regime_bundle
+    m = Manifest.model_validate_json((folder / "manifest.json").read_text())
+    rows = fd002_test_rows(3, m.columns)[:RW + 6]
+    rows[RW + 1, m.columns.index("setting_2")] = 0.5  # a Mach number between the regimes
+    source = tmp_path / "engine.csv"
+    with source.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["asset", "time", *reversed(m.columns)])  # any column order will do
+        out.writerows(["engine-3", T0 + i, *reversed(r.tolist())] for i, r in enumerate(rows))
+    metrics_port = free_port()
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway_id": "gw-r", "broker": {"host": broker.host, "port": broker.port},
+        "sources": [{"type": "csv", "file": str(source), "rate": 4}],
+        "bundle": {"path": str(folder), "trusted_keys": [str(pub)]},
+        "outbox": {"path": str(tmp_path / "outbox.db"), "batch_max_age": 0.2},
+        "metrics_port": metrics_port}))
+    rec = Recorder(broker.host, broker.port, [topics.uplink("gw-r")])
+    log_path = tmp_path / "agent.log"
+    agent = track(subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "run", "--config", str(config),
+         "--exit-when-drained"], cwd=REPO, stdout=log_path.open("w"), stderr=subprocess.STDOUT))
+    text = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and agent.poll() is None:
+        with contextlib.suppress(OSError):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read(
+            ).decode()
+        if f"pdm_edge_ticks_total {len(rows)}.0" in text:
+            break
+        time.sleep(0.2)
+    assert agent.wait(timeout=60) == 0, log_path.read_text()[-4000:]
+    assert "pdm_edge_out_of_regime_total 1.0" in text, text
+    assert "1 tick(s) out of every operating regime (e.g. asset engine-3" in log_path.read_text()
+    assert rec.wait_for(lambda ms: sum(len(codec.decode_uplink(x.payload).seqs) for x in ms)
+                        >= len(rows), timeout=30)
+    batches = [codec.decode_uplink(x.payload) for x in rec.messages]
+    assert {b.features for b in batches} == {tuple(m.columns)}
+    sent = np.concatenate([b.values for b in batches])
+    assert np.array_equal(sent, rows)  # settings included, as read
+    rec.close()
