@@ -290,6 +290,7 @@ def test_asset_page_charts_edge_and_cloud_history_and_chosen_sensors(visit, flee
     assert data[0] == [p["tick_time"] for p in predictions]
     assert data[1] == pytest.approx([p["probability"] for p in predictions])  # cloud
     assert data[2] == pytest.approx([p["edge_probability"] for p in predictions])  # edge
+    assert None not in data[2] and None not in data[4]  # the agent scored every window
     assert data[3] == pytest.approx([p["rul"] for p in predictions])
     assert page.locator("#history-chart canvas").count() == 1
     alerts = page.locator("#asset-alerts li")
