@@ -228,6 +228,7 @@ def test_no_token_no_page_and_a_wrong_token_is_refused(visit, fleet):
     assert answer.value.status == 401
     assert "neither the service's api.read_token nor its api_token" in page.inner_text(".error")
     assert not visit.context.cookies()
+    assert fleet.metric('pdm_cloud_ui_sign_ins_total{result="refused"}') >= 1
     # a link to a page elsewhere is not followed after signing in (no open redirect)
     page.goto("/sign-in?next=//evil.example/")
     page.fill("input[name=token]", READ_TOKEN)
@@ -277,6 +278,8 @@ def test_fleet_filters_sorts_and_updates_itself(visit, fleet):
     assert set(fleet_assets(visit)) == {"engine-31", "engine-34"}
     assert page.input_value("input[name=q]") == "engine-3"
     visit.wait_for("window.pdm.updates >= 1", timeout=10)  # live: polled again
+    refused = page.request.get("/ui/fleet?state=BROKEN")
+    assert refused.status == 422 and "CRITICAL" in refused.text()
 
 
 @_browser

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 import jinja2
@@ -38,6 +38,8 @@ from cloud_service.web.views import (
     STATES,
     UNSCORED,
     FleetQuery,
+    FleetSort,
+    StateFilter,
     fleet_rows,
     select_fleet,
     sensor_names,
@@ -47,7 +49,6 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 ID = r"^[A-Za-z0-9_-]{1,64}$"
 MAYBE_ID = r"^([A-Za-z0-9_-]{1,64})?$"
-MAYBE_STATE = r"^(|CRITICAL|WARNING|NORMAL|UNSCORED)$"
 FORM_LIMIT = 8192  # bytes of a sign-in form; a token is far shorter
 ALERT_ROWS = 500  # newest alerts a page shows
 PAGE = 5000  # rows per store read
@@ -126,14 +127,13 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def fleet_query(state: Annotated[str, Query(pattern=MAYBE_STATE)] = "",
+def fleet_query(state: Annotated[Literal["", StateFilter], Query()] = "",
                 gateway: Annotated[str, Query(pattern=MAYBE_ID)] = "",
                 q: Annotated[str, Query(max_length=64)] = "",
-                sort: Annotated[str, Query(
-                    pattern=r"^(state|rul|probability|last_seen|asset|gateway)$")] = "state",
-                desc: bool = False) -> FleetQuery:
-    return FleetQuery(state=state or None, gateway=gateway or None, text=q,  # type: ignore[arg-type]
-                      sort=sort, descending=desc)  # type: ignore[arg-type]
+                sort: FleetSort = "state", desc: bool = False) -> FleetQuery:
+    """The fleet filter from the address; an empty field (the form's "any") means no filter."""
+    return FleetQuery(state=state or None, gateway=gateway or None, text=q, sort=sort,
+                      descending=desc)
 
 
 def _fleet_context(request: Request, query: FleetQuery) -> dict[str, Any]:
@@ -172,11 +172,14 @@ def create_router() -> APIRouter:
         access = access_of(cfg, token) if token else Access.NONE
         granted = token and (access is Access.WRITE or
                              (access is Access.READ and cfg.api.read_token is not None))
+        metrics = _service(request).metrics.ui_sign_ins
         if not granted:
+            metrics.labels("refused").inc()  # many of these: someone is guessing
             error = ("Paste a token." if not token else
                      "That token is neither the service's api.read_token nor its api_token.")
             return _render(request, "sign_in.html", read_access(request),
                            status_code=422 if not token else 401, next=target, error=error)
+        metrics.labels("accepted").inc()
         response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_SECONDS, path="/",
                             httponly=True, samesite="strict",

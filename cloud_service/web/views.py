@@ -8,7 +8,7 @@ what a text filter matches) are plain functions a unit test reads directly.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from cloud_service.store import AssetRow, GatewayRow
@@ -55,15 +55,6 @@ class FleetView:
     gateways: list[str]
     gateways_online: int
     gateways_known: int
-
-
-@dataclass
-class AlertFilter:
-    state: StateFilter | None = None
-    gateway: str | None = None
-    asset: str | None = None
-    acknowledged: bool | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def fleet_rows(assets: Iterable[AssetRow], gateways: Iterable[GatewayRow]) -> list[FleetRow]:
