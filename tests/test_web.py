@@ -21,6 +21,7 @@ from cloud_service.web.session import (
     Access,
     access_of,
     csrf_token,
+    is_signed_in,
     session_write_refusal,
 )
 from cloud_service.web.views import FleetQuery, FleetRow, select_fleet
@@ -81,6 +82,11 @@ def test_fleet_filters_by_state_gateway_and_text_and_counts_every_asset():
     assert (view.matched, view.total) == (1, 5)
     assert view.states == {"CRITICAL": 2, "WARNING": 1, "NORMAL": 1, "UNSCORED": 1}
     assert len(select_fleet(FLEET, FleetQuery(), max_rows=2).rows) == 2
+    # a gateway that sent its status but no tick yet is counted, and offered in the filter
+    status = {"gw": True, "gw2": False, "gw3": True}
+    view = select_fleet(FLEET, FleetQuery(), gateways=status)
+    assert (view.gateways, view.gateways_online, view.gateways_known) == (
+        ["gw", "gw2", "gw3"], 2, 3)
 
 
 def config(read_token: str | None) -> CloudConfig:
@@ -95,6 +101,10 @@ def test_the_session_token_grants_what_the_api_token_grants():
     assert access_of(guarded, None) is Access.NONE
     assert access_of(open_, None) is Access.READ
     assert access_of(open_, TOKEN) is Access.WRITE
+    # a stale cookie in the open mode still reads, but is not shown as signed in
+    assert access_of(open_, "stale-token-0123456789") is Access.READ
+    assert not is_signed_in(open_, "stale-token-0123456789")
+    assert is_signed_in(guarded, READ_TOKEN) and is_signed_in(open_, TOKEN)
 
 
 def test_a_session_write_needs_the_api_token_same_origin_and_the_csrf_value():

@@ -33,6 +33,7 @@ from cloud_service.web.session import (
     Access,
     access_of,
     csrf_token,
+    is_signed_in,
 )
 from cloud_service.web.views import (
     STATES,
@@ -41,6 +42,7 @@ from cloud_service.web.views import (
     FleetSort,
     StateFilter,
     fleet_rows,
+    gateway_status,
     select_fleet,
     sensor_names,
 )
@@ -101,7 +103,7 @@ def _render(request: Request, name: str, access: Access, status_code: int = 200,
     cfg = _config(request)
     base = {"access": access, "Access": Access, "version": __version__,
             "sign_in_required": cfg.api.read_token is not None,
-            "signed_in": token is not None and access is not Access.NONE,
+            "signed_in": is_signed_in(cfg, token),
             "csrf": csrf_token(token) if token and access is Access.WRITE else "",
             "path": request.url.path, "query": dict(request.query_params)}
     return templates.TemplateResponse(request, name, {**base, **context},
@@ -138,7 +140,9 @@ def fleet_query(state: Annotated[Literal["", StateFilter], Query()] = "",
 
 def _fleet_context(request: Request, query: FleetQuery) -> dict[str, Any]:
     store = _service(request).store
-    view = select_fleet(fleet_rows(store.assets(), store.gateways()), query)
+    gateways = store.gateways()
+    view = select_fleet(fleet_rows(store.assets(), gateways), query,
+                        gateways=gateway_status(gateways))
     return {"view": view, "fleet": query, "states": (*STATES, UNSCORED), "now": time.time()}
 
 

@@ -57,8 +57,13 @@ class FleetView:
     gateways_known: int
 
 
+def gateway_status(gateways: Iterable[GatewayRow]) -> dict[str, bool | None]:
+    """Online (True), offline (False) or never said (None), by gateway."""
+    return {g["gateway"]: None if g["online"] is None else bool(g["online"]) for g in gateways}
+
+
 def fleet_rows(assets: Iterable[AssetRow], gateways: Iterable[GatewayRow]) -> list[FleetRow]:
-    online = {g["gateway"]: None if g["online"] is None else bool(g["online"]) for g in gateways}
+    online = gateway_status(gateways)
     return [FleetRow(
         gateway=a["gateway"], asset=a["asset"], state=a["cloud_state"],
         state_since=a["cloud_state_since"], rul=a["cloud_rul"], probability=a["cloud_probability"],
@@ -90,9 +95,11 @@ def _sort_key(row: FleetRow, sort: FleetSort) -> tuple:
     return (value, *urgency, *name)
 
 
-def select_fleet(rows: Sequence[FleetRow], query: FleetQuery,
-                 max_rows: int = MAX_ROWS) -> FleetView:
-    """Filter and sort. Assets with no value in the sorted column go last in either order."""
+def select_fleet(rows: Sequence[FleetRow], query: FleetQuery, max_rows: int = MAX_ROWS,
+                 gateways: Mapping[str, bool | None] | None = None) -> FleetView:
+    """Filter and sort. Assets with no value in the sorted column go last in either order.
+    `gateways`: every known gateway's online state (also those with no asset yet); by
+    default the gateways of `rows`."""
     states = {state: 0 for state in (*STATES, UNSCORED)}
     for row in rows:
         states[row.state or UNSCORED] = states.get(row.state or UNSCORED, 0) + 1
@@ -106,7 +113,8 @@ def select_fleet(rows: Sequence[FleetRow], query: FleetQuery,
     else:
         ordered = sorted(matched, key=lambda r: _sort_key(r, query.sort),
                          reverse=query.descending)
-    status = {r.gateway: r.gateway_online for r in rows}
+    status = dict(gateways) if gateways is not None else {
+        r.gateway: r.gateway_online for r in rows}
     return FleetView(rows=ordered[:max_rows], matched=len(matched), total=len(rows),
                      states=states, gateways=sorted(status),
                      gateways_online=sum(1 for v in status.values() if v),
