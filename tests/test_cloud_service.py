@@ -243,6 +243,7 @@ def test_gateway_status_and_cloud_alerts(cloud, publisher, broker):
         assert {m.topic for m in rec.messages} == {"pdm/v1/gw-s/m-1/cloud-alert"}
         got = events()
         assert all(e.source == "cloud" and e.model_version == "test-1" for e in got)
+        assert all(e.kind == "transition" and e.old_state != e.new_state for e in got)
         # The window mean rises tick by tick: NORMAL -> (WARNING ->) CRITICAL, in seq order.
         assert got[0].old_state.value == "NORMAL" and got[-1].new_state.value == "CRITICAL"
         assert [e.seq for e in got] == sorted(e.seq for e in got) and got[0].seq >= 20
