@@ -317,6 +317,10 @@ def test_asset_page_charts_edge_and_cloud_history_and_chosen_sensors(visit, flee
     ticks = fleet.ticks("engine-31")
     assert values == pytest.approx([t["values"][names[5]] for t in ticks], rel=1e-6)
     assert f"sensors={names[0]}%2C{names[1]}%2C{names[2]}%2C{names[5]}" in page.url
+    # what is not there is said so
+    assert page.request.get("/assets/gw-web/engine-999").status == 404
+    wrong = page.request.get("/assets/gw-web/engine-31?sensors=no_such_sensor")
+    assert wrong.status == 422 and names[0] in wrong.json()["detail"]
 
 
 @_browser
