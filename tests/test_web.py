@@ -382,6 +382,19 @@ def test_an_acknowledgement_is_stored_with_who_and_when_and_survives_a_reload(vi
     page.reload()
     assert page.inner_text(f"#alerts-table tr[data-alert-id='{other}'] .ack-note") == html
     assert page.locator("#alerts-table img, #alerts-table b:not(.ack-by)").count() == 0
+    # the filters: acknowledged or not, the state moved to
+    page.select_option("select[name=acknowledged]", "yes")
+    page.wait_for_url("**/alerts?acknowledged=yes")
+    visit.wait_for("document.querySelectorAll('#alerts-table tr.open').length === 0")
+    shown = page.eval_on_selector_all("#alerts-table tr[data-alert-id]",
+                                      "rows => rows.map(r => r.dataset.alertId)")
+    assert sorted(shown) == sorted([alert_id, other])
+    page.goto("/alerts?acknowledged=no&state=CRITICAL")
+    states = page.eval_on_selector_all("#alerts-table tr[data-alert-id] .badge:last-of-type",
+                                       "els => els.map(e => e.textContent)")
+    assert states and set(states) == {"critical"}
+    assert alert_id not in page.eval_on_selector_all(
+        "#alerts-table tr[data-alert-id]", "rows => rows.map(r => r.dataset.alertId)")
 
 
 @_browser

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode
@@ -38,8 +38,11 @@ from cloud_service.web.session import (
 from cloud_service.web.views import (
     STATES,
     UNSCORED,
+    AlertQuery,
+    AlertStateName,
     FleetQuery,
     FleetSort,
+    Period,
     StateFilter,
     fleet_rows,
     gateway_status,
@@ -56,7 +59,8 @@ ALERT_ROWS = 500  # newest alerts a page shows
 PAGE = 5000  # rows per store read
 DEAD_LETTER_ROWS = 200
 DEFAULT_SENSORS = 3
-PERIODS = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400, "all": None}
+PERIODS: dict[Period, int | None] = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400,
+                                     "30d": 30 * 86_400, "all": None}
 # Scripts, styles and charts come from this service only; no frame may embed the pages.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -72,6 +76,7 @@ templates = Jinja2Templates(env=_env)
 STATIC_FILES = {p.relative_to(STATIC).as_posix(): p for p in STATIC.rglob("*") if p.is_file()}
 _MEDIA = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
+router = APIRouter(include_in_schema=False)  # pages for browsers, not API operations
 Row = TypeVar("Row", StoredAlert, DeadLetterRow)
 GatewayId = Annotated[str, PathParam(pattern=ID)]
 AssetId = Annotated[str, PathParam(pattern=ID)]
@@ -138,6 +143,16 @@ def fleet_query(state: Annotated[Literal["", StateFilter], Query()] = "",
                       descending=desc)
 
 
+def alert_query(state: Annotated[Literal["", AlertStateName], Query()] = "",
+                gateway: Annotated[str, Query(pattern=MAYBE_ID)] = "",
+                asset: Annotated[str, Query(pattern=MAYBE_ID)] = "",
+                acknowledged: Literal["", "yes", "no"] = "",
+                period: Period = "7d") -> AlertQuery:
+    """The alert filter from the address; an empty field means no filter."""
+    return AlertQuery(state=state or None, gateway=gateway or None, asset=asset or None,
+                      acknowledged=acknowledged, period=period)
+
+
 def _fleet_context(request: Request, query: FleetQuery) -> dict[str, Any]:
     store = _service(request).store
     gateways = store.gateways()
@@ -146,143 +161,151 @@ def _fleet_context(request: Request, query: FleetQuery) -> dict[str, Any]:
     return {"view": view, "fleet": query, "states": (*STATES, UNSCORED), "now": time.time()}
 
 
-def create_router() -> APIRouter:
-    r = APIRouter(include_in_schema=False)
+@router.get("/static/{name:path}")
+def read_static(name: str) -> FileResponse:
+    path = STATIC_FILES.get(name)
+    if path is None:
+        raise HTTPException(404, f"no static file {name!r}")
+    return FileResponse(path, media_type=_MEDIA.get(path.suffix),
+                        headers={"Cache-Control": "no-cache",
+                                 "X-Content-Type-Options": "nosniff"})
 
-    @r.get("/static/{name:path}")
-    def read_static(name: str) -> FileResponse:
-        path = STATIC_FILES.get(name)
-        if path is None:
-            raise HTTPException(404, f"no static file {name!r}")
-        return FileResponse(path, media_type=_MEDIA.get(path.suffix),
-                            headers={"Cache-Control": "no-cache",
-                                     "X-Content-Type-Options": "nosniff"})
 
-    @r.get("/sign-in")
-    def read_sign_in(request: Request,
-                     next: Annotated[str, Query(max_length=2048)] = "/") -> Response:
-        return _render(request, "sign_in.html", read_access(request), next=_safe_next(next),
-                       error="")
+@router.get("/sign-in")
+def read_sign_in(request: Request,
+                 next: Annotated[str, Query(max_length=2048)] = "/") -> Response:
+    return _render(request, "sign_in.html", read_access(request), next=_safe_next(next),
+                   error="")
 
-    @r.post("/sign-in")
-    async def sign_in(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > FORM_LIMIT:
-            raise HTTPException(413, f"the sign-in form is limited to {FORM_LIMIT} bytes")
-        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
-        token = (form.get("token") or [""])[0].strip()
-        target = _safe_next((form.get("next") or ["/"])[0])
-        cfg = _config(request)
-        access = access_of(cfg, token) if token else Access.NONE
-        granted = token and (access is Access.WRITE or
-                             (access is Access.READ and cfg.api.read_token is not None))
-        metrics = _service(request).metrics.ui_sign_ins
-        if not granted:
-            metrics.labels("refused").inc()  # many of these: someone is guessing
-            error = ("Paste a token." if not token else
-                     "That token is neither the service's api.read_token nor its api_token.")
-            return _render(request, "sign_in.html", read_access(request),
-                           status_code=422 if not token else 401, next=target, error=error)
-        metrics.labels("accepted").inc()
-        response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
-        response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_SECONDS, path="/",
-                            httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
-        return response
 
-    @r.post("/sign-out")
-    def sign_out(request: Request) -> Response:
-        response = RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                               secure=request.url.scheme == "https")
-        return response
+@router.post("/sign-in")
+async def sign_in(request: Request) -> Response:
+    body = await request.body()
+    if len(body) > FORM_LIMIT:
+        raise HTTPException(413, f"the sign-in form is limited to {FORM_LIMIT} bytes")
+    form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+    token = (form.get("token") or [""])[0].strip()
+    target = _safe_next((form.get("next") or ["/"])[0])
+    cfg = _config(request)
+    access = access_of(cfg, token) if token else Access.NONE
+    granted = token and (access is Access.WRITE or
+                         (access is Access.READ and cfg.api.read_token is not None))
+    metrics = _service(request).metrics.ui_sign_ins
+    if not granted:
+        metrics.labels("refused").inc()  # many of these: someone is guessing
+        error = ("Paste a token." if not token else
+                 "That token is neither the service's api.read_token nor its api_token.")
+        return _render(request, "sign_in.html", read_access(request),
+                       status_code=422 if not token else 401, next=target, error=error)
+    metrics.labels("accepted").inc()
+    response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+    response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_SECONDS, path="/",
+                        httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
 
-    @r.get("/")
-    def read_fleet_page(request: Request, access: PageAccess,
+
+@router.post("/sign-out")
+def sign_out(request: Request) -> Response:
+    response = RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
+    return response
+
+
+@router.get("/")
+def read_fleet_page(request: Request, access: PageAccess,
+                    query: Annotated[FleetQuery, Depends(fleet_query)]) -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    return _render(request, "fleet.html", access, **_fleet_context(request, query))
+
+
+@router.get("/ui/fleet")
+def read_fleet_fragment(request: Request, access: PageAccess,
                         query: Annotated[FleetQuery, Depends(fleet_query)]) -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        return _render(request, "fleet.html", access, **_fleet_context(request, query))
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    return _render(request, "_fleet.html", access, **_fleet_context(request, query))
 
-    @r.get("/ui/fleet")
-    def read_fleet_fragment(request: Request, access: PageAccess,
-                            query: Annotated[FleetQuery, Depends(fleet_query)]) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        return _render(request, "_fleet.html", access, **_fleet_context(request, query))
 
-    @r.get("/assets/{gateway}/{asset}")
-    def read_asset_page(request: Request, access: PageAccess, gateway: GatewayId,
-                        asset: AssetId,
-                        sensors: Annotated[str, Query(max_length=2048)] = "") -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        context = _asset_context(request, gateway, asset)
-        if context is None:
-            return _render(request, "not_found.html", access, status_code=404,
-                           what=f"No asset {asset!r} on gateway {gateway!r} has sent ticks.")
-        names = context["sensor_names"]
-        chosen = [s for s in sensors.split(",") if s] if sensors else names[:DEFAULT_SENSORS]
-        unknown = [s for s in chosen if s not in names]
-        if unknown:
-            raise HTTPException(422, f"unknown sensor(s) {', '.join(map(repr, unknown))}; this "
-                                     f"asset has {', '.join(names) or 'no ticks yet'}")
-        return _render(request, "asset.html", access, chosen=chosen, **context)
+@router.get("/assets/{gateway}/{asset}")
+def read_asset_page(request: Request, access: PageAccess, gateway: GatewayId,
+                    asset: AssetId,
+                    sensors: Annotated[str, Query(max_length=2048)] = "") -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    context = _asset_context(request, gateway, asset)
+    if context is None:
+        return _render(request, "not_found.html", access, status_code=404,
+                       what=f"No asset {asset!r} on gateway {gateway!r} has sent ticks.")
+    names = context["sensor_names"]
+    chosen = [s for s in sensors.split(",") if s] if sensors else names[:DEFAULT_SENSORS]
+    unknown = [s for s in chosen if s not in names]
+    if unknown:
+        raise HTTPException(422, f"unknown sensor(s) {', '.join(map(repr, unknown))}; this "
+                                 f"asset has {', '.join(names) or 'no ticks yet'}")
+    return _render(request, "asset.html", access, chosen=chosen, **context)
 
-    @r.get("/ui/assets/{gateway}/{asset}")
-    def read_asset_fragment(request: Request, access: PageAccess, gateway: GatewayId,
-                            asset: AssetId) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        context = _asset_context(request, gateway, asset)
-        if context is None:
-            raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r}")
-        return _render(request, "_asset.html", access, **context)
 
-    @r.get("/alerts")
-    def read_alerts_page(request: Request, access: PageAccess,
-                         context: Annotated[dict, Depends(_alerts_filter)]) -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        return _render(request, "alerts.html", access,
-                       **_alerts_context(request, context))
+@router.get("/ui/assets/{gateway}/{asset}")
+def read_asset_fragment(request: Request, access: PageAccess, gateway: GatewayId,
+                        asset: AssetId) -> Response:
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    context = _asset_context(request, gateway, asset)
+    if context is None:
+        raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r}")
+    return _render(request, "_asset.html", access, **context)
 
-    @r.get("/ui/alerts")
-    def read_alerts_fragment(request: Request, access: PageAccess,
-                             context: Annotated[dict, Depends(_alerts_filter)]) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        return _render(request, "_alerts.html", access, **_alerts_context(request, context))
 
-    @r.get("/models")
-    def read_models_page(request: Request, access: PageAccess) -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        return _render(request, "models.html", access, **_models_context(request))
+@router.get("/alerts")
+def read_alerts_page(request: Request, access: PageAccess,
+                     query: Annotated[AlertQuery, Depends(alert_query)]) -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    return _render(request, "alerts.html", access,
+                   **_alerts_context(request, query))
 
-    @r.get("/ui/models")
-    def read_models_fragment(request: Request, access: PageAccess) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        return _render(request, "_models.html", access, **_models_context(request))
 
-    @r.get("/dead-letters")
-    def read_dead_letters_page(request: Request, access: PageAccess,
+@router.get("/ui/alerts")
+def read_alerts_fragment(request: Request, access: PageAccess,
+                         query: Annotated[AlertQuery, Depends(alert_query)]) -> Response:
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    return _render(request, "_alerts.html", access, **_alerts_context(request, query))
+
+
+@router.get("/models")
+def read_models_page(request: Request, access: PageAccess) -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    return _render(request, "models.html", access, **_models_context(request))
+
+
+@router.get("/ui/models")
+def read_models_fragment(request: Request, access: PageAccess) -> Response:
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    return _render(request, "_models.html", access, **_models_context(request))
+
+
+@router.get("/dead-letters")
+def read_dead_letters_page(request: Request, access: PageAccess,
+                           reason: Annotated[str, Query(max_length=64)] = "") -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    return _render(request, "dead_letters.html", access,
+                   **_dead_letters_context(request, access, reason))
+
+
+@router.get("/ui/dead-letters")
+def read_dead_letters_fragment(request: Request, access: PageAccess,
                                reason: Annotated[str, Query(max_length=64)] = "") -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        return _render(request, "dead_letters.html", access,
-                       **_dead_letters_context(request, access, reason))
-
-    @r.get("/ui/dead-letters")
-    def read_dead_letters_fragment(request: Request, access: PageAccess,
-                                   reason: Annotated[str, Query(max_length=64)] = "") -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        return _render(request, "_dead_letters.html", access,
-                       **_dead_letters_context(request, access, reason))
-
-    return r
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    return _render(request, "_dead_letters.html", access,
+                   **_dead_letters_context(request, access, reason))
 
 
 def _asset_context(request: Request, gateway: str, asset: str) -> dict[str, Any] | None:
@@ -300,25 +323,15 @@ def _asset_context(request: Request, gateway: str, asset: str) -> dict[str, Any]
             "latest": latest[0] if latest else None}
 
 
-def _alerts_filter(state: Annotated[str, Query(pattern=r"^(|CRITICAL|WARNING|NORMAL)$")] = "",
-                   gateway: Annotated[str, Query(pattern=MAYBE_ID)] = "",
-                   asset: Annotated[str, Query(pattern=MAYBE_ID)] = "",
-                   acknowledged: Annotated[str, Query(pattern=r"^(|yes|no)$")] = "",
-                   period: Annotated[str, Query(pattern=r"^(1h|24h|7d|30d|all)$")] = "7d",
-                   ) -> dict[str, Any]:
-    return {"state": state or None, "gateway": gateway or None, "asset": asset or None,
-            "acknowledged": acknowledged, "period": period}
-
-
-def _alerts_context(request: Request, chosen: Mapping[str, Any]) -> dict[str, Any]:
+def _alerts_context(request: Request, query: AlertQuery) -> dict[str, Any]:
     store = _service(request).store
-    seconds = PERIODS[chosen["period"]]
+    seconds = PERIODS[query.period]
     since = time.time() - seconds if seconds is not None else None
-    acknowledged = {"": None, "yes": True, "no": False}[chosen["acknowledged"]]
-    alerts = _newest(lambda after: store.alerts(chosen["gateway"], chosen["asset"],
-                                                chosen["state"], since, after, PAGE,
-                                                acknowledged=acknowledged), ALERT_ROWS)
-    return {"alerts": alerts, "chosen": chosen, "periods": list(PERIODS),
+    acknowledged = {"": None, "yes": True, "no": False}[query.acknowledged]
+    alerts = _newest(lambda after: store.alerts(query.gateway, query.asset, query.state, since,
+                                                after, PAGE, acknowledged=acknowledged),
+                     ALERT_ROWS)
+    return {"alerts": alerts, "chosen": query, "periods": list(PERIODS),
             "alert_states": STATES, "now": time.time()}
 
 

@@ -17,6 +17,8 @@ STATES = ("CRITICAL", "WARNING", "NORMAL")
 UNSCORED = "UNSCORED"  # an asset the cloud has not scored yet (fewer ticks than a window)
 StateFilter = Literal["CRITICAL", "WARNING", "NORMAL", "UNSCORED"]
 FleetSort = Literal["state", "rul", "probability", "last_seen", "asset", "gateway"]
+AlertStateName = Literal["CRITICAL", "WARNING", "NORMAL"]
+Period = Literal["1h", "24h", "7d", "30d", "all"]
 SEVERITY = {"CRITICAL": 0, "WARNING": 1, "NORMAL": 2}
 MAX_ROWS = 1000  # rows one page renders; the summary still counts every asset
 
@@ -28,6 +30,15 @@ class FleetQuery:
     text: str = ""
     sort: FleetSort = "state"
     descending: bool = False
+
+
+@dataclass(frozen=True)
+class AlertQuery:
+    state: AlertStateName | None = None  # the state moved to
+    gateway: str | None = None
+    asset: str | None = None
+    acknowledged: Literal["", "yes", "no"] = ""  # "": either
+    period: Period = "7d"
 
 
 @dataclass(frozen=True)
