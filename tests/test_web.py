@@ -8,6 +8,7 @@ the LSTM) and replaying the engines is the expensive part.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.error
@@ -32,7 +33,8 @@ from tests.support.broker import Mosquitto, free_port
 from tests.support.cloud import ServerThread
 from tests.support.system import TOKEN, System
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's package; another Chromium (Ubuntu's snap: /snap/bin/chromium) through PDM_CHROMIUM
+CHROMIUM = Path(os.environ.get("PDM_CHROMIUM", "/usr/bin/chromium"))
 DATA = REPO / "data" / "cmapss" / "test_FD001.txt"
 UNITS = [31, 34, 68, 81, 1, 2]  # four near failure (true RUL 7-8), two healthy
 READ_TOKEN = "web-read-token-0123456789"
