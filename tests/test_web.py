@@ -43,7 +43,7 @@ GATEWAY = "gw-web"
 
 def _browser(test):
     """A test in the browser against the running system (it needs the default bundle)."""
-    test = pytest.mark.browser(test)
+    test = pytest.mark.slow(pytest.mark.browser(test))
     return pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").exists(),
                               reason="no bundle")(test)
 
@@ -488,7 +488,7 @@ class ElsewherePage:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 body = b"<!doctype html><title>elsewhere</title>"
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
