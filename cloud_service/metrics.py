@@ -108,6 +108,9 @@ class Metrics:
                                              "seconds per drift step (up to drift.batch assets: "
                                              "read, compare, store)",
                                              buckets=LATENCY_BUCKETS, registry=r)
+        self.ui_sign_ins = Counter("pdm_cloud_ui_sign_ins", "web UI sign-ins, by result "
+                                   "(accepted, refused: a wrong or empty token)", ["result"],
+                                   registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
 

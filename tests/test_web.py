@@ -8,6 +8,7 @@ the LSTM) and replaying the engines is the expensive part.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from cloud_service.web.session import (
     Access,
     access_of,
     csrf_token,
+    is_signed_in,
     session_write_refusal,
 )
 from cloud_service.web.views import FleetQuery, FleetRow, select_fleet
@@ -31,7 +33,8 @@ from tests.support.broker import Mosquitto, free_port
 from tests.support.cloud import ServerThread
 from tests.support.system import TOKEN, System
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's package; another Chromium (Ubuntu's snap: /snap/bin/chromium) through PDM_CHROMIUM
+CHROMIUM = Path(os.environ.get("PDM_CHROMIUM", "/usr/bin/chromium"))
 DATA = REPO / "data" / "cmapss" / "test_FD001.txt"
 UNITS = [31, 34, 68, 81, 1, 2]  # four near failure (true RUL 7-8), two healthy
 READ_TOKEN = "web-read-token-0123456789"
@@ -40,7 +43,7 @@ GATEWAY = "gw-web"
 
 def _browser(test):
     """A test in the browser against the running system (it needs the default bundle)."""
-    test = pytest.mark.browser(test)
+    test = pytest.mark.slow(pytest.mark.browser(test))
     return pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").exists(),
                               reason="no bundle")(test)
 
@@ -81,6 +84,11 @@ def test_fleet_filters_by_state_gateway_and_text_and_counts_every_asset():
     assert (view.matched, view.total) == (1, 5)
     assert view.states == {"CRITICAL": 2, "WARNING": 1, "NORMAL": 1, "UNSCORED": 1}
     assert len(select_fleet(FLEET, FleetQuery(), max_rows=2).rows) == 2
+    # a gateway that sent its status but no tick yet is counted, and offered in the filter
+    status = {"gw": True, "gw2": False, "gw3": True}
+    view = select_fleet(FLEET, FleetQuery(), gateways=status)
+    assert (view.gateways, view.gateways_online, view.gateways_known) == (
+        ["gw", "gw2", "gw3"], 2, 3)
 
 
 def config(read_token: str | None) -> CloudConfig:
@@ -95,6 +103,10 @@ def test_the_session_token_grants_what_the_api_token_grants():
     assert access_of(guarded, None) is Access.NONE
     assert access_of(open_, None) is Access.READ
     assert access_of(open_, TOKEN) is Access.WRITE
+    # a stale cookie in the open mode still reads, but is not shown as signed in
+    assert access_of(open_, "stale-token-0123456789") is Access.READ
+    assert not is_signed_in(open_, "stale-token-0123456789")
+    assert is_signed_in(guarded, READ_TOKEN) and is_signed_in(open_, TOKEN)
 
 
 def test_a_session_write_needs_the_api_token_same_origin_and_the_csrf_value():
@@ -228,6 +240,7 @@ def test_no_token_no_page_and_a_wrong_token_is_refused(visit, fleet):
     assert answer.value.status == 401
     assert "neither the service's api.read_token nor its api_token" in page.inner_text(".error")
     assert not visit.context.cookies()
+    assert fleet.metric('pdm_cloud_ui_sign_ins_total{result="refused"}') >= 1
     # a link to a page elsewhere is not followed after signing in (no open redirect)
     page.goto("/sign-in?next=//evil.example/")
     page.fill("input[name=token]", READ_TOKEN)
@@ -277,6 +290,8 @@ def test_fleet_filters_sorts_and_updates_itself(visit, fleet):
     assert set(fleet_assets(visit)) == {"engine-31", "engine-34"}
     assert page.input_value("input[name=q]") == "engine-3"
     visit.wait_for("window.pdm.updates >= 1", timeout=10)  # live: polled again
+    refused = page.request.get("/ui/fleet?state=BROKEN")
+    assert refused.status == 422 and "CRITICAL" in refused.text()
 
 
 @_browser
@@ -290,6 +305,7 @@ def test_asset_page_charts_edge_and_cloud_history_and_chosen_sensors(visit, flee
     assert data[0] == [p["tick_time"] for p in predictions]
     assert data[1] == pytest.approx([p["probability"] for p in predictions])  # cloud
     assert data[2] == pytest.approx([p["edge_probability"] for p in predictions])  # edge
+    assert None not in data[2] and None not in data[4]  # the agent scored every window
     assert data[3] == pytest.approx([p["rul"] for p in predictions])
     assert page.locator("#history-chart canvas").count() == 1
     alerts = page.locator("#asset-alerts li")
@@ -303,6 +319,10 @@ def test_asset_page_charts_edge_and_cloud_history_and_chosen_sensors(visit, flee
     ticks = fleet.ticks("engine-31")
     assert values == pytest.approx([t["values"][names[5]] for t in ticks], rel=1e-6)
     assert f"sensors={names[0]}%2C{names[1]}%2C{names[2]}%2C{names[5]}" in page.url
+    # what is not there is said so
+    assert page.request.get("/assets/gw-web/engine-999").status == 404
+    wrong = page.request.get("/assets/gw-web/engine-31?sensors=no_such_sensor")
+    assert wrong.status == 422 and names[0] in wrong.json()["detail"]
 
 
 @_browser
@@ -364,6 +384,19 @@ def test_an_acknowledgement_is_stored_with_who_and_when_and_survives_a_reload(vi
     page.reload()
     assert page.inner_text(f"#alerts-table tr[data-alert-id='{other}'] .ack-note") == html
     assert page.locator("#alerts-table img, #alerts-table b:not(.ack-by)").count() == 0
+    # the filters: acknowledged or not, the state moved to
+    page.select_option("select[name=acknowledged]", "yes")
+    page.wait_for_url("**/alerts?acknowledged=yes")
+    visit.wait_for("document.querySelectorAll('#alerts-table tr.open').length === 0")
+    shown = page.eval_on_selector_all("#alerts-table tr[data-alert-id]",
+                                      "rows => rows.map(r => r.dataset.alertId)")
+    assert sorted(shown) == sorted([alert_id, other])
+    page.goto("/alerts?acknowledged=no&state=CRITICAL")
+    states = page.eval_on_selector_all("#alerts-table tr[data-alert-id] .badge:last-of-type",
+                                       "els => els.map(e => e.textContent)")
+    assert states and set(states) == {"critical"}
+    assert alert_id not in page.eval_on_selector_all(
+        "#alerts-table tr[data-alert-id]", "rows => rows.map(r => r.dataset.alertId)")
 
 
 @_browser
@@ -455,7 +488,7 @@ class ElsewherePage:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 body = b"<!doctype html><title>elsewhere</title>"
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")

@@ -88,7 +88,7 @@ def create_app(cfg: CloudConfig) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(api_router, prefix=API_PREFIX, responses=UNAUTHORIZED,
                        dependencies=[Depends(require_read_token)])
-    app.include_router(web.create_router())
+    app.include_router(web.router)
     return app
 
 

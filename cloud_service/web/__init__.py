@@ -7,6 +7,6 @@ the pages work on a plant network with no internet. The API's read token, where 
 (`session.py`).
 """
 
-from cloud_service.web.routes import create_router
+from cloud_service.web.routes import router
 
-__all__ = ["create_router"]
+__all__ = ["router"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 import jinja2
@@ -34,12 +34,19 @@ from cloud_service.web.session import (
     Access,
     access_of,
     csrf_token,
+    is_signed_in,
 )
 from cloud_service.web.views import (
     STATES,
     UNSCORED,
+    AlertQuery,
+    AlertStateName,
     FleetQuery,
+    FleetSort,
+    Period,
+    StateFilter,
     fleet_rows,
+    gateway_status,
     select_fleet,
     sensor_names,
 )
@@ -48,13 +55,13 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 ID = r"^[A-Za-z0-9_-]{1,64}$"
 MAYBE_ID = r"^([A-Za-z0-9_-]{1,64})?$"
-MAYBE_STATE = r"^(|CRITICAL|WARNING|NORMAL|UNSCORED)$"
 FORM_LIMIT = 8192  # bytes of a sign-in form; a token is far shorter
 ALERT_ROWS = 500  # newest alerts a page shows
 PAGE = 5000  # rows per store read
 DEAD_LETTER_ROWS = 200
 DEFAULT_SENSORS = 3
-PERIODS = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400, "all": None}
+PERIODS: dict[Period, int | None] = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400,
+                                     "30d": 30 * 86_400, "all": None}
 # Scripts, styles and charts come from this service only; no frame may embed the pages.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -70,6 +77,7 @@ templates = Jinja2Templates(env=_env)
 STATIC_FILES = {p.relative_to(STATIC).as_posix(): p for p in STATIC.rglob("*") if p.is_file()}
 _MEDIA = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
+router = APIRouter(include_in_schema=False)  # pages for browsers, not API operations
 Row = TypeVar("Row", StoredAlert, DeadLetterRow)
 GatewayId = Annotated[str, PathParam(pattern=ID)]
 AssetId = Annotated[str, PathParam(pattern=ID)]
@@ -101,7 +109,7 @@ def _render(request: Request, name: str, access: Access, status_code: int = 200,
     cfg = _config(request)
     base = {"access": access, "Access": Access, "version": __version__,
             "sign_in_required": cfg.api.read_token is not None,
-            "signed_in": token is not None and access is not Access.NONE,
+            "signed_in": is_signed_in(cfg, token),
             "csrf": csrf_token(token) if token and access is Access.WRITE else "",
             "path": request.url.path, "query": dict(request.query_params)}
     return templates.TemplateResponse(request, name, {**base, **context},
@@ -127,170 +135,192 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def fleet_query(state: Annotated[str, Query(pattern=MAYBE_STATE)] = "",
+def fleet_query(state: Annotated[Literal["", StateFilter], Query()] = "",
                 gateway: Annotated[str, Query(pattern=MAYBE_ID)] = "",
                 q: Annotated[str, Query(max_length=64)] = "",
-                sort: Annotated[str, Query(
-                    pattern=r"^(state|rul|probability|last_seen|asset|gateway|drift)$")]
-                = "state",
-                desc: bool = False) -> FleetQuery:
-    return FleetQuery(state=state or None, gateway=gateway or None, text=q,  # type: ignore[arg-type]
-                      sort=sort, descending=desc)  # type: ignore[arg-type]
+                sort: FleetSort = "state", desc: bool = False) -> FleetQuery:
+    """The fleet filter from the address; an empty field (the form's "any") means no filter."""
+    return FleetQuery(state=state or None, gateway=gateway or None, text=q, sort=sort,
+                      descending=desc)
+
+
+def alert_query(state: Annotated[Literal["", AlertStateName], Query()] = "",
+                gateway: Annotated[str, Query(pattern=MAYBE_ID)] = "",
+                asset: Annotated[str, Query(pattern=MAYBE_ID)] = "",
+                acknowledged: Literal["", "yes", "no"] = "",
+                period: Period = "7d") -> AlertQuery:
+    """The alert filter from the address; an empty field means no filter."""
+    return AlertQuery(state=state or None, gateway=gateway or None, asset=asset or None,
+                      acknowledged=acknowledged, period=period)
 
 
 def _fleet_context(request: Request, query: FleetQuery) -> dict[str, Any]:
     store = _service(request).store
-    view = select_fleet(fleet_rows(store.assets(), store.gateways(), store.asset_drifts()),
-                        query)
+    gateways = store.gateways()
+    view = select_fleet(fleet_rows(store.assets(), gateways, store.asset_drifts()), query,
+                        gateways=gateway_status(gateways))
     return {"view": view, "fleet": query, "states": (*STATES, UNSCORED), "now": time.time()}
 
 
-def create_router() -> APIRouter:
-    r = APIRouter(include_in_schema=False)
+@router.get("/static/{name:path}")
+def read_static(name: str) -> FileResponse:
+    path = STATIC_FILES.get(name)
+    if path is None:
+        raise HTTPException(404, f"no static file {name!r}")
+    return FileResponse(path, media_type=_MEDIA.get(path.suffix),
+                        headers={"Cache-Control": "no-cache",
+                                 "X-Content-Type-Options": "nosniff"})
 
-    @r.get("/static/{name:path}")
-    def read_static(name: str) -> FileResponse:
-        path = STATIC_FILES.get(name)
-        if path is None:
-            raise HTTPException(404, f"no static file {name!r}")
-        return FileResponse(path, media_type=_MEDIA.get(path.suffix),
-                            headers={"Cache-Control": "no-cache",
-                                     "X-Content-Type-Options": "nosniff"})
 
-    @r.get("/sign-in")
-    def read_sign_in(request: Request,
-                     next: Annotated[str, Query(max_length=2048)] = "/") -> Response:
-        return _render(request, "sign_in.html", read_access(request), next=_safe_next(next),
-                       error="")
+@router.get("/sign-in")
+def read_sign_in(request: Request,
+                 next: Annotated[str, Query(max_length=2048)] = "/") -> Response:
+    return _render(request, "sign_in.html", read_access(request), next=_safe_next(next),
+                   error="")
 
-    @r.post("/sign-in")
-    async def sign_in(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > FORM_LIMIT:
-            raise HTTPException(413, f"the sign-in form is limited to {FORM_LIMIT} bytes")
-        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
-        token = (form.get("token") or [""])[0].strip()
-        target = _safe_next((form.get("next") or ["/"])[0])
-        cfg = _config(request)
-        access = access_of(cfg, token) if token else Access.NONE
-        granted = token and (access is Access.WRITE or
-                             (access is Access.READ and cfg.api.read_token is not None))
-        if not granted:
-            error = ("Paste a token." if not token else
-                     "That token is neither the service's api.read_token nor its api_token.")
-            return _render(request, "sign_in.html", read_access(request),
-                           status_code=422 if not token else 401, next=target, error=error)
-        response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
-        response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_SECONDS, path="/",
-                            httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
-        return response
 
-    @r.post("/sign-out")
-    def sign_out(request: Request) -> Response:
-        response = RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                               secure=request.url.scheme == "https")
-        return response
+@router.post("/sign-in")
+async def sign_in(request: Request) -> Response:
+    body = await request.body()
+    if len(body) > FORM_LIMIT:
+        raise HTTPException(413, f"the sign-in form is limited to {FORM_LIMIT} bytes")
+    form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+    token = (form.get("token") or [""])[0].strip()
+    target = _safe_next((form.get("next") or ["/"])[0])
+    cfg = _config(request)
+    access = access_of(cfg, token) if token else Access.NONE
+    granted = token and (access is Access.WRITE or
+                         (access is Access.READ and cfg.api.read_token is not None))
+    metrics = _service(request).metrics.ui_sign_ins
+    if not granted:
+        metrics.labels("refused").inc()  # many of these: someone is guessing
+        error = ("Paste a token." if not token else
+                 "That token is neither the service's api.read_token nor its api_token.")
+        return _render(request, "sign_in.html", read_access(request),
+                       status_code=422 if not token else 401, next=target, error=error)
+    metrics.labels("accepted").inc()
+    response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+    response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_SECONDS, path="/",
+                        httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
 
-    @r.get("/")
-    def read_fleet_page(request: Request, access: PageAccess,
+
+@router.post("/sign-out")
+def sign_out(request: Request) -> Response:
+    response = RedirectResponse("/sign-in", status_code=303, headers=SECURITY_HEADERS)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
+    return response
+
+
+@router.get("/")
+def read_fleet_page(request: Request, access: PageAccess,
+                    query: Annotated[FleetQuery, Depends(fleet_query)]) -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    return _render(request, "fleet.html", access, **_fleet_context(request, query))
+
+
+@router.get("/ui/fleet")
+def read_fleet_fragment(request: Request, access: PageAccess,
                         query: Annotated[FleetQuery, Depends(fleet_query)]) -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        return _render(request, "fleet.html", access, **_fleet_context(request, query))
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    return _render(request, "_fleet.html", access, **_fleet_context(request, query))
 
-    @r.get("/ui/fleet")
-    def read_fleet_fragment(request: Request, access: PageAccess,
-                            query: Annotated[FleetQuery, Depends(fleet_query)]) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        return _render(request, "_fleet.html", access, **_fleet_context(request, query))
 
-    @r.get("/assets/{gateway}/{asset}")
-    def read_asset_page(request: Request, access: PageAccess, gateway: GatewayId,
-                        asset: AssetId,
-                        sensors: Annotated[str, Query(max_length=2048)] = "") -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        context = _asset_context(request, gateway, asset)
-        if context is None:
-            return _render(request, "not_found.html", access, status_code=404,
-                           what=f"No asset {asset!r} on gateway {gateway!r} has sent ticks.")
-        names = context["sensor_names"]
-        chosen = [s for s in sensors.split(",") if s] if sensors else names[:DEFAULT_SENSORS]
-        unknown = [s for s in chosen if s not in names]
-        if unknown:
-            raise HTTPException(422, f"unknown sensor(s) {', '.join(map(repr, unknown))}; this "
-                                     f"asset has {', '.join(names) or 'no ticks yet'}")
-        drift = describe_asset_drift(_service(request).store, gateway, asset,
-                                     _service(request).manifest, _service(request).checks_drift)
-        return _render(request, "asset.html", access, chosen=chosen, drift=drift, **context)
+@router.get("/assets/{gateway}/{asset}")
+def read_asset_page(request: Request, access: PageAccess, gateway: GatewayId,
+                    asset: AssetId,
+                    sensors: Annotated[str, Query(max_length=2048)] = "") -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    context = _asset_context(request, gateway, asset)
+    if context is None:
+        return _render(request, "not_found.html", access, status_code=404,
+                       what=f"No asset {asset!r} on gateway {gateway!r} has sent ticks.")
+    names = context["sensor_names"]
+    chosen = [s for s in sensors.split(",") if s] if sensors else names[:DEFAULT_SENSORS]
+    unknown = [s for s in chosen if s not in names]
+    if unknown:
+        raise HTTPException(422, f"unknown sensor(s) {', '.join(map(repr, unknown))}; this "
+                                 f"asset has {', '.join(names) or 'no ticks yet'}")
+    service = _service(request)
+    drift = describe_asset_drift(service.store, gateway, asset, service.manifest,
+                                 service.checks_drift)
+    return _render(request, "asset.html", access, chosen=chosen, drift=drift, **context)
 
-    @r.get("/ui/assets/{gateway}/{asset}")
-    def read_asset_fragment(request: Request, access: PageAccess, gateway: GatewayId,
-                            asset: AssetId) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        context = _asset_context(request, gateway, asset)
-        if context is None:
-            raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r}")
-        return _render(request, "_asset.html", access, **context)
 
-    @r.get("/ui/assets/{gateway}/{asset}/drift")
-    def read_drift_fragment(request: Request, access: PageAccess, gateway: GatewayId,
-                            asset: AssetId) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        context = _drift_context(request, gateway, asset)
-        if context is None:
-            raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r}")
-        return _render(request, "_drift.html", access, **context)
+@router.get("/ui/assets/{gateway}/{asset}")
+def read_asset_fragment(request: Request, access: PageAccess, gateway: GatewayId,
+                        asset: AssetId) -> Response:
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    context = _asset_context(request, gateway, asset)
+    if context is None:
+        raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r}")
+    return _render(request, "_asset.html", access, **context)
 
-    @r.get("/alerts")
-    def read_alerts_page(request: Request, access: PageAccess,
-                         context: Annotated[dict, Depends(_alerts_filter)]) -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        return _render(request, "alerts.html", access,
-                       **_alerts_context(request, context))
 
-    @r.get("/ui/alerts")
-    def read_alerts_fragment(request: Request, access: PageAccess,
-                             context: Annotated[dict, Depends(_alerts_filter)]) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        return _render(request, "_alerts.html", access, **_alerts_context(request, context))
+@router.get("/ui/assets/{gateway}/{asset}/drift")
+def read_drift_fragment(request: Request, access: PageAccess, gateway: GatewayId,
+                        asset: AssetId) -> Response:
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    context = _drift_context(request, gateway, asset)
+    if context is None:
+        raise HTTPException(404, f"no asset {asset!r} on gateway {gateway!r}")
+    return _render(request, "_drift.html", access, **context)
 
-    @r.get("/models")
-    def read_models_page(request: Request, access: PageAccess) -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        return _render(request, "models.html", access, **_models_context(request))
 
-    @r.get("/ui/models")
-    def read_models_fragment(request: Request, access: PageAccess) -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        return _render(request, "_models.html", access, **_models_context(request))
+@router.get("/alerts")
+def read_alerts_page(request: Request, access: PageAccess,
+                     query: Annotated[AlertQuery, Depends(alert_query)]) -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    return _render(request, "alerts.html", access,
+                   **_alerts_context(request, query))
 
-    @r.get("/dead-letters")
-    def read_dead_letters_page(request: Request, access: PageAccess,
+
+@router.get("/ui/alerts")
+def read_alerts_fragment(request: Request, access: PageAccess,
+                         query: Annotated[AlertQuery, Depends(alert_query)]) -> Response:
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    return _render(request, "_alerts.html", access, **_alerts_context(request, query))
+
+
+@router.get("/models")
+def read_models_page(request: Request, access: PageAccess) -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    return _render(request, "models.html", access, **_models_context(request))
+
+
+@router.get("/ui/models")
+def read_models_fragment(request: Request, access: PageAccess) -> Response:
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    return _render(request, "_models.html", access, **_models_context(request))
+
+
+@router.get("/dead-letters")
+def read_dead_letters_page(request: Request, access: PageAccess,
+                           reason: Annotated[str, Query(max_length=64)] = "") -> Response:
+    if access is Access.NONE:
+        return _sign_in_redirect(request)
+    return _render(request, "dead_letters.html", access,
+                   **_dead_letters_context(request, access, reason))
+
+
+@router.get("/ui/dead-letters")
+def read_dead_letters_fragment(request: Request, access: PageAccess,
                                reason: Annotated[str, Query(max_length=64)] = "") -> Response:
-        if access is Access.NONE:
-            return _sign_in_redirect(request)
-        return _render(request, "dead_letters.html", access,
-                       **_dead_letters_context(request, access, reason))
-
-    @r.get("/ui/dead-letters")
-    def read_dead_letters_fragment(request: Request, access: PageAccess,
-                                   reason: Annotated[str, Query(max_length=64)] = "") -> Response:
-        if access is Access.NONE:
-            return _signed_out_fragment()
-        return _render(request, "_dead_letters.html", access,
-                       **_dead_letters_context(request, access, reason))
-
-    return r
+    if access is Access.NONE:
+        return _signed_out_fragment()
+    return _render(request, "_dead_letters.html", access,
+                   **_dead_letters_context(request, access, reason))
 
 
 def _drift_context(request: Request, gateway: str, asset: str) -> dict[str, Any] | None:
@@ -316,25 +346,15 @@ def _asset_context(request: Request, gateway: str, asset: str) -> dict[str, Any]
             "latest": latest[0] if latest else None}
 
 
-def _alerts_filter(state: Annotated[str, Query(pattern=r"^(|CRITICAL|WARNING|NORMAL)$")] = "",
-                   gateway: Annotated[str, Query(pattern=MAYBE_ID)] = "",
-                   asset: Annotated[str, Query(pattern=MAYBE_ID)] = "",
-                   acknowledged: Annotated[str, Query(pattern=r"^(|yes|no)$")] = "",
-                   period: Annotated[str, Query(pattern=r"^(1h|24h|7d|30d|all)$")] = "7d",
-                   ) -> dict[str, Any]:
-    return {"state": state or None, "gateway": gateway or None, "asset": asset or None,
-            "acknowledged": acknowledged, "period": period}
-
-
-def _alerts_context(request: Request, chosen: Mapping[str, Any]) -> dict[str, Any]:
+def _alerts_context(request: Request, query: AlertQuery) -> dict[str, Any]:
     store = _service(request).store
-    seconds = PERIODS[chosen["period"]]
+    seconds = PERIODS[query.period]
     since = time.time() - seconds if seconds is not None else None
-    acknowledged = {"": None, "yes": True, "no": False}[chosen["acknowledged"]]
-    alerts = _newest(lambda after: store.alerts(chosen["gateway"], chosen["asset"],
-                                                chosen["state"], since, after, PAGE,
-                                                acknowledged=acknowledged), ALERT_ROWS)
-    return {"alerts": alerts, "chosen": chosen, "periods": list(PERIODS),
+    acknowledged = {"": None, "yes": True, "no": False}[query.acknowledged]
+    alerts = _newest(lambda after: store.alerts(query.gateway, query.asset, query.state, since,
+                                                after, PAGE, acknowledged=acknowledged),
+                     ALERT_ROWS)
+    return {"alerts": alerts, "chosen": query, "periods": list(PERIODS),
             "alert_states": STATES, "now": time.time()}
 
 

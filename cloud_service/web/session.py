@@ -53,6 +53,15 @@ def access_of(cfg: CloudConfig, token: str | None) -> Access:
     return Access.READ if cfg.api.read_token is None else Access.NONE
 
 
+def is_signed_in(cfg: CloudConfig, token: str | None) -> bool:
+    """The cookie holds one of the service's tokens (not a stale one that open reads ignore)."""
+    if token is None:
+        return False
+    write = token_matches(token, cfg.api_token)
+    read = token_matches(token, cfg.api.read_token)
+    return write or read
+
+
 def csrf_token(token: str) -> str:
     """The value a page sends in X-CSRF-Token with a write; derived from the cookie's token, so
     nothing is stored server-side and replicas agree."""

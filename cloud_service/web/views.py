@@ -8,7 +8,7 @@ what a text filter matches) are plain functions a unit test reads directly.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from cloud_service.store import AssetRow, GatewayRow, StoredDrift
@@ -17,6 +17,8 @@ STATES = ("CRITICAL", "WARNING", "NORMAL")
 UNSCORED = "UNSCORED"  # an asset the cloud has not scored yet (fewer ticks than a window)
 StateFilter = Literal["CRITICAL", "WARNING", "NORMAL", "UNSCORED"]
 FleetSort = Literal["state", "rul", "probability", "last_seen", "asset", "gateway", "drift"]
+AlertStateName = Literal["CRITICAL", "WARNING", "NORMAL"]
+Period = Literal["1h", "24h", "7d", "30d", "all"]
 SEVERITY = {"CRITICAL": 0, "WARNING": 1, "NORMAL": 2}
 MAX_ROWS = 1000  # rows one page renders; the summary still counts every asset
 
@@ -28,6 +30,15 @@ class FleetQuery:
     text: str = ""
     sort: FleetSort = "state"
     descending: bool = False
+
+
+@dataclass(frozen=True)
+class AlertQuery:
+    state: AlertStateName | None = None  # the state moved to
+    gateway: str | None = None
+    asset: str | None = None
+    acknowledged: Literal["", "yes", "no"] = ""  # "": either
+    period: Period = "7d"
 
 
 @dataclass(frozen=True)
@@ -59,18 +70,14 @@ class FleetView:
     gateways_known: int
 
 
-@dataclass
-class AlertFilter:
-    state: StateFilter | None = None
-    gateway: str | None = None
-    asset: str | None = None
-    acknowledged: bool | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+def gateway_status(gateways: Iterable[GatewayRow]) -> dict[str, bool | None]:
+    """Online (True), offline (False) or never said (None), by gateway."""
+    return {g["gateway"]: None if g["online"] is None else bool(g["online"]) for g in gateways}
 
 
 def fleet_rows(assets: Iterable[AssetRow], gateways: Iterable[GatewayRow],
                drifts: Iterable[StoredDrift] = ()) -> list[FleetRow]:
-    online = {g["gateway"]: None if g["online"] is None else bool(g["online"]) for g in gateways}
+    online = gateway_status(gateways)
     drift = {(d["gateway"], d["asset"]): d for d in drifts}
     return [FleetRow(
         gateway=a["gateway"], asset=a["asset"], state=a["cloud_state"],
@@ -108,9 +115,11 @@ def _sort_key(row: FleetRow, sort: FleetSort) -> tuple:
     return (value, *urgency, *name)
 
 
-def select_fleet(rows: Sequence[FleetRow], query: FleetQuery,
-                 max_rows: int = MAX_ROWS) -> FleetView:
-    """Filter and sort. Assets with no value in the sorted column go last in either order."""
+def select_fleet(rows: Sequence[FleetRow], query: FleetQuery, max_rows: int = MAX_ROWS,
+                 gateways: Mapping[str, bool | None] | None = None) -> FleetView:
+    """Filter and sort. Assets with no value in the sorted column go last in either order.
+    `gateways`: every known gateway's online state (also those with no asset yet); by
+    default the gateways of `rows`."""
     states = {state: 0 for state in (*STATES, UNSCORED)}
     for row in rows:
         states[row.state or UNSCORED] = states.get(row.state or UNSCORED, 0) + 1
@@ -125,7 +134,8 @@ def select_fleet(rows: Sequence[FleetRow], query: FleetQuery,
     else:
         ordered = sorted(matched, key=lambda r: _sort_key(r, query.sort),
                          reverse=query.descending)
-    status = {r.gateway: r.gateway_online for r in rows}
+    status = dict(gateways) if gateways is not None else {
+        r.gateway: r.gateway_online for r in rows}
     return FleetView(rows=ordered[:max_rows], matched=len(matched), total=len(rows),
                      states=states, gateways=sorted(status),
                      gateways_online=sum(1 for v in status.values() if v),

@@ -51,9 +51,9 @@
       series: [
         {},
         { label: "cloud probability", scale: "p", stroke: "#b03a2e", width: 2, value: fmt(2) },
-        { label: "edge probability", scale: "p", stroke: "#e59866", width: 1.5, dash: [6, 4], value: fmt(2) },
+        { label: "edge probability", scale: "p", stroke: "rgba(229, 152, 102, 0.45)", width: 6, value: fmt(2) },
         { label: "cloud RUL", scale: "rul", stroke: "#1f618d", width: 2, value: fmt(0) },
-        { label: "edge RUL", scale: "rul", stroke: "#7fb3d5", width: 1.5, dash: [6, 4], value: fmt(0) },
+        { label: "edge RUL", scale: "rul", stroke: "rgba(127, 179, 213, 0.5)", width: 6, value: fmt(0) },
       ],
       axes: [{}, { scale: "p", label: "failure probability" },
              { scale: "rul", side: 1, label: "RUL (cycles)", grid: { show: false } }],
