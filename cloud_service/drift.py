@@ -166,7 +166,7 @@ class DriftMonitor:
             # Rows hold the manifest's columns: the features, then the settings regimes need.
             regime, far = self.normaliser.regimes_of(rows)
             report = assess(rows[:, :self.width], self.manifest.features, self.reference,
-                            self.settings, regime)
+                            self.settings, regime, previous=self._state.get(key))
             reports[key] = report
             checks.append(DriftCheck(
                 gateway=key[0], asset=key[1], state=report.state.value, score=report.score,

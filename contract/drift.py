@@ -100,8 +100,9 @@ class DriftReport:
 
 
 def crossing(previous: DriftState | None, current: DriftState) -> str | None:
-    """The drift event a new judgement makes: `raised` on entering drift, `cleared` on coming
-    back under the drift threshold; none while the state holds or cannot be judged."""
+    """The drift event a new judgement makes: `raised` on entering drift, `cleared` on leaving
+    it (with `assess`'s hysteresis: back under `watch`); none while the state holds or cannot
+    be judged."""
     if current is DriftState.DRIFT and previous is not DriftState.DRIFT:
         return "raised"
     if previous is DriftState.DRIFT and current in (DriftState.OK, DriftState.WATCH):
@@ -198,9 +199,12 @@ class Reference:
 
 
 def assess(rows: np.ndarray, features: Sequence[str], stats: TrainingStats | Reference,
-           settings: DriftSettings, regime_of_rows: np.ndarray | None = None) -> DriftReport:
+           settings: DriftSettings, regime_of_rows: np.ndarray | None = None,
+           previous: DriftState | None = None) -> DriftReport:
     """Compare raw rows (n, F) of one asset, in manifest feature order, with the training
-    statistics. `regime_of_rows` gives each row's regime where the statistics have several."""
+    statistics. `regime_of_rows` gives each row's regime where the statistics have several.
+    `previous` is the asset's last state: one in drift stays in drift until its score falls
+    below `watch` (hysteresis, so a score wavering at the drift line raises no event storm)."""
     reference = stats if isinstance(stats, Reference) else Reference(stats)
     rows = np.asarray(rows, np.float64)
     n_regimes = reference.regimes
@@ -230,4 +234,7 @@ def assess(rows: np.ndarray, features: Sequence[str], stats: TrainingStats | Ref
     ranked = sorted((f.psi for f in judged), reverse=True)
     k = max(1, math.ceil(settings.feature_share * len(ranked)))
     score = ranked[k - 1]
-    return DriftReport(settings.state(score), score, len(rows), judged, regime_ticks)
+    state = settings.state(score)
+    if previous is DriftState.DRIFT and state is DriftState.WATCH:
+        state = DriftState.DRIFT
+    return DriftReport(state, score, len(rows), judged, regime_ticks)

@@ -28,6 +28,7 @@ from contract.drift import (
     DriftState,
     assess,
     bin_shares,
+    crossing,
     describe_feature,
     describe_training,
     psi,
@@ -136,6 +137,26 @@ def test_one_shifted_feature_shows_in_its_state_not_the_assets():
     assert report.state is DriftState.OK  # the asset drifts when half its inputs do
     recent[:, 0] += 5.0
     assert assess(recent, list("abcd"), stats, SETTINGS).state is DriftState.DRIFT
+
+
+def test_a_drifting_asset_clears_only_below_the_watch_threshold():
+    rng = np.random.default_rng(2)
+    stats = describe_training(rng.normal(size=(20_000, 2)))
+    recent = rng.normal(size=(400, 2))
+    recent[:20] = 50.0  # 5 % of the ticks far out: a score between watch and drift
+    report = assess(recent, ["a", "b"], stats, SETTINGS)
+    assert SETTINGS.watch <= (report.score or 0) < SETTINGS.drift
+    assert report.state is DriftState.WATCH
+    held = assess(recent, ["a", "b"], stats, SETTINGS, previous=DriftState.DRIFT)
+    assert held.state is DriftState.DRIFT and held.score == report.score
+    assert crossing(DriftState.DRIFT, held.state) is None
+    calm = assess(rng.normal(size=(400, 2)), ["a", "b"], stats, SETTINGS,
+                  previous=DriftState.DRIFT)
+    assert calm.state is DriftState.OK and crossing(DriftState.DRIFT, calm.state) == "cleared"
+    assert crossing(None, DriftState.DRIFT) == "raised"
+    assert crossing(DriftState.WATCH, DriftState.DRIFT) == "raised"
+    assert crossing(DriftState.DRIFT, DriftState.UNAVAILABLE) is None
+    assert crossing(DriftState.OK, DriftState.WATCH) is None
 
 
 def test_regimes_weigh_each_regimes_psi_by_its_ticks():
