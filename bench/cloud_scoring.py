@@ -207,6 +207,8 @@ def main() -> dict:
     record["drift"] = {"off": off, "on": on, "default": default, "statistics": stats_from,
                        "runs": runs,
                        "rate_ratio": on["windows_per_s"] / off["windows_per_s"]}
+    save("cloud_drift", {"bundle": manifest.version, "engines": len(series), "round_ticks": 10,
+                         **record["drift"]})
     path = save("cloud_scoring", record)
     print(f"wrote {path}")
     return record
