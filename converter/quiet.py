@@ -49,7 +49,7 @@ def _is_fd(stream: TextIO, fd: int) -> bool:
 
 @contextlib.contextmanager
 def captured_output(log: Path | None) -> Iterator[TextIO]:
-    """Write everything written to stdout and stderr, by Python or by C++ code, into `log`
+    """Send everything written to stdout and stderr, by Python or by C++ code, into `log`
     (discard it when `log` is None) until the block ends. Yields a stream to where stderr went
     before, for the output meant for people."""
     sys.stdout.flush()
