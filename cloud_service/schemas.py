@@ -7,6 +7,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
 class Gateway(BaseModel):
     gateway: str
     online: bool | None = Field(None, description="from the retained status; None: never sent")
@@ -87,6 +91,19 @@ class Alert(BaseModel):
     model_version: str
     tick_time: float
     published_at: float
+    acknowledged: bool = False
+    acknowledged_by: str | None = Field(None, description="the operator who acknowledged it")
+    acknowledged_at: float | None = Field(None, description="when (epoch s, the service's "
+                                                            "clock)")
+    ack_note: str | None = Field(None, description="the note given with the acknowledgement")
+
+
+class AcknowledgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(min_length=1, max_length=64, pattern=r"\S",
+                    description="the operator's name (not blank)")
+    note: str = Field("", max_length=2000, description="what was done or found")
 
 
 class AlertPage(BaseModel):

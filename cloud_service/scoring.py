@@ -556,8 +556,8 @@ class Scorer:
 
     def answer_escalations(self) -> int:
         """Score the escalated windows in one model call and publish each verdict on the
-        asset's cloud-alert topic. Verdicts are not stored: the same window is scored again,
-        in order, when its normal batch arrives."""
+        asset's verdict topic (cloud-alert carries state changes only). Verdicts are not
+        stored: the same window is scored again, in order, when its normal batch arrives."""
         with self._cond:
             urgent, self._urgent = self._urgent, []
         if not urgent:
@@ -595,7 +595,7 @@ class Scorer:
                 tick_time=float(t.times[-1]), published_at=now,
                 latency_ms=max(0.0, (now - float(t.received_at[-1])) * 1000))
             try:
-                self.publish(topics.cloud_alert(*key), codec.encode_json(event))
+                self.publish(topics.verdict(*key), codec.encode_json(event))
             except Exception:
                 log.exception("publishing a verdict failed")
         return len(answered)

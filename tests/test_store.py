@@ -24,6 +24,8 @@ from cloud_service.metrics import Metrics
 from cloud_service.scoring import Scorer
 from cloud_service.store import (
     PARTITION_SECONDS,
+    AlertAlreadyAcknowledged,
+    AlertNotFound,
     AlertRow,
     AssetScore,
     ModelConflict,
@@ -194,6 +196,63 @@ def test_a_second_copy_of_scores_is_ignored(store):
     assert store.predicted_seqs(("gw1", "a1"), 0, 10) == {5}
 
 
+def test_an_alert_is_acknowledged_once_with_who_when_and_a_note(store):
+    store.write_ingest([Received(batch(0, 6), 1.0), Received(batch(0, 6, asset="a2"), 1.0)],
+                       [], [])
+    store.write_scores(ScoreWrite(
+        alerts=[AlertRow("gw1", a, 5, "cloud", "NORMAL", new, 0.9, 10.0, "cloud-1", T0 + 5,
+                         T0 + 10) for a, new in (("a1", "CRITICAL"), ("a2", "WARNING"))],
+        assets=[AssetScore(("gw1", "a1"), 5, 0.9, 10.0, "CRITICAL", T0 + 10, "cloud-1", T0 + 11),
+                AssetScore(("gw1", "a2"), 5, 0.6, 30.0, "WARNING", T0 + 10, "cloud-1",
+                           T0 + 11)]))
+    first, second = store.alerts(None, None, None, None, 0, 10)
+    assert first["acknowledged_by"] is None and first["acknowledged_at"] is None
+    assert first["ack_note"] is None
+    done = store.acknowledge_alert(first["id"], "Ada", "bearing swapped", T0 + 60)
+    assert (done["acknowledged_by"], done["acknowledged_at"], done["ack_note"]) == \
+        ("Ada", T0 + 60, "bearing swapped")
+    assert {k: v for k, v in done.items() if not k.startswith("ack")} == \
+        {k: v for k, v in first.items() if not k.startswith("ack")}
+    with pytest.raises(AlertAlreadyAcknowledged) as again:
+        store.acknowledge_alert(first["id"], "Bob", "me too", T0 + 90)
+    assert again.value.alert["acknowledged_by"] == "Ada" and "'Ada'" in str(again.value)
+    with pytest.raises(AlertNotFound):
+        store.acknowledge_alert(second["id"] + 1000, "Ada", "", T0)
+    # the first acknowledgement stands, and the filter splits the two
+    (kept,) = store.alerts(None, None, None, None, 0, 10, acknowledged=True)
+    assert kept["id"] == first["id"] and kept["acknowledged_by"] == "Ada"
+    (open_alert,) = store.alerts(None, None, None, None, 0, 10, acknowledged=False)
+    assert open_alert["id"] == second["id"]
+    # assets filter by their cloud alert state
+    assert [a["asset"] for a in store.assets(state="CRITICAL")] == ["a1"]
+    assert [a["asset"] for a in store.assets("gw1", "WARNING")] == ["a2"]
+    assert store.assets("gw2", "WARNING") == [] and store.assets(state="NORMAL") == []
+
+
+def test_acknowledging_at_once_lets_exactly_one_operator_win(store):
+    store.write_ingest([Received(batch(0, 6), 1.0)], [], [])
+    store.write_scores(ScoreWrite(alerts=[AlertRow("gw1", "a1", 5, "cloud", "NORMAL",
+                                                   "CRITICAL", 0.9, 10.0, "cloud-1", T0, T0)]))
+    (alert,) = store.alerts(None, None, None, None, 0, 10)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def acknowledge(name: str) -> None:
+        barrier.wait()
+        try:
+            store.acknowledge_alert(alert["id"], name, "", T0)
+            outcomes.append("won")
+        except AlertAlreadyAcknowledged:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=acknowledge, args=(f"op{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused"] * 3 + ["won"]
+
+
 def test_statuses_keep_the_newest_and_reports_move_rollout_steps(store):
     newer = GatewayStatus(gateway="gw1", online=False, time=20.0)
     older = GatewayStatus(gateway="gw1", online=True, time=10.0, model_version="m1")
@@ -310,6 +369,7 @@ def test_both_backends_answer_the_same(both):
     same("gateways")
     same("assets")
     same("assets", "gw1")
+    same("assets", None, "NORMAL")
     same("asset", "gw1", "a2")
     same("ticks", "gw1", "a1", -1, None, None, None, 100)
     same("predictions", "gw1", "a1", -1, None, 100)

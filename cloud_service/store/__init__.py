@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 
 from cloud_service.store.base import (
     PARTITION_SECONDS,
+    AlertAlreadyAcknowledged,
+    AlertNotFound,
+    AlertStore,
     FleetReader,
     IngestStore,
     ModelConflict,
@@ -60,8 +63,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PARTITION_SECONDS", "AlertRow", "AssetKey", "AssetRow", "AssetScore",
-    "DeadLetterRow", "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
+    "PARTITION_SECONDS", "AlertAlreadyAcknowledged", "AlertNotFound", "AlertRow", "AlertStore",
+    "AssetKey", "AssetRow", "AssetScore", "DeadLetterRow", "FleetReader", "GatewayRow",
+    "IngestStore", "Inserted", "ModelConflict",
     "ModelRow", "ModelStore", "PredictionRow", "Received", "ReportUpdate", "RolloutRow",
     "RolloutStore", "RolloutTargetRow", "ScoresStored", "ScoreWrite", "ScoringStore", "ShadowRow",
     "SqliteStore", "StatusUpdate", "Store", "StoreError", "StoreUnavailable", "StoreUrl",

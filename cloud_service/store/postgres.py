@@ -137,6 +137,11 @@ ALTER TABLE assets ADD COLUMN owner text COLLATE "C", ADD COLUMN cloud_pending t
 ALTER TABLE predictions ADD COLUMN scored_by text;
 CREATE INDEX assets_owner_last_seen ON assets (owner, last_seen)
     """,
+    # 3: an operator acknowledges an alert: who, when, and a note.
+    """
+ALTER TABLE alerts ADD COLUMN acknowledged_by text, ADD COLUMN acknowledged_at float8,
+    ADD COLUMN ack_note text
+    """,
 ]
 # Lease times come from the database's clock, so replicas on hosts whose clocks differ agree.
 DB_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"

@@ -214,6 +214,9 @@ class StoredAlert(TypedDict):
     model_version: str | None
     tick_time: float | None
     published_at: float
+    acknowledged_by: str | None
+    acknowledged_at: float | None
+    ack_note: str | None
 
 
 class DeadLetterRow(TypedDict):

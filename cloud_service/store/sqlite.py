@@ -230,6 +230,12 @@ ALTER TABLE "assets" ADD COLUMN "cloud_pending_count" INTEGER;
 ALTER TABLE "predictions" ADD COLUMN "scored_by" TEXT;
 CREATE INDEX IF NOT EXISTS "idx_assets_owner_last_seen" ON "assets" ("owner", "last_seen");
     """,
+    # 4: an operator acknowledges an alert: who, when, and a note.
+    """
+ALTER TABLE "alerts" ADD COLUMN "acknowledged_by" TEXT;
+ALTER TABLE "alerts" ADD COLUMN "acknowledged_at" REAL;
+ALTER TABLE "alerts" ADD COLUMN "ack_note" TEXT;
+    """,
 ]
 
 
