@@ -57,6 +57,10 @@ class Metrics:
         self.windows_unscorable = Counter("pdm_cloud_windows_unscorable",
                                           "complete windows the model cannot score (features "
                                           "missing), recorded with the reason", registry=r)
+        self.out_of_regime = Counter("pdm_cloud_out_of_regime",
+                                     "ticks ending a scored window whose operational settings "
+                                     "are far from every regime of the model (scored with the "
+                                     "nearest regime's statistics)", registry=r)
         self.backlog = Gauge("pdm_cloud_scoring_backlog",
                              "complete windows waiting to be scored", registry=r)
         self.verdicts = Counter("pdm_cloud_verdicts", "verdicts on escalated windows: the "

@@ -58,6 +58,7 @@ from contract import codec, topics
 from contract.alerting import AlertMachine, MachineState
 from contract.manifest import Manifest
 from contract.payloads import AlertEvent, AlertState
+from contract.preprocess import OutOfRegimeLog
 
 log = logging.getLogger(__name__)
 BatchModel = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -118,6 +119,7 @@ class Scorer:
         self._last_scan: float | None = None
         self._unowned_news = False
         self._feature_maps: dict[int, FeatureMap] = {}
+        self._regime_log = OutOfRegimeLog()
         self.recovered = threading.Event()
         self.last_error: str | None = None
         thresholds = manifest.thresholds.model_dump()
@@ -413,14 +415,14 @@ class Scorer:
     def _feature_map(self, feature_set: int) -> FeatureMap:
         fm = self._feature_maps.get(feature_set)
         if fm is None:
-            fm = FeatureMap.build(self.store.feature_set(feature_set), self.manifest.features)
+            fm = FeatureMap.build(self.store.feature_set(feature_set), self.manifest.columns)
             self._feature_maps[feature_set] = fm
         return fm
 
     def _rows_in_model_order(self, t: WindowTicks) -> tuple[np.ndarray, list[str | None]]:
-        """The stored rows reordered to the manifest's features; per row, None or why the
+        """The stored rows reordered to the manifest's columns; per row, None or why the
         model cannot use it."""
-        rows = np.zeros((len(t.seqs), len(self.manifest.features)), np.float32)
+        rows = np.zeros((len(t.seqs), len(self.manifest.columns)), np.float32)
         problems: list[str | None] = [None] * len(t.seqs)
         for fs in np.unique(t.feature_sets):
             at = np.flatnonzero(t.feature_sets == fs)
@@ -437,6 +439,7 @@ class Scorer:
     def _score(self, taken: dict[AssetKey, list[int]]) -> int:
         w = self.window
         inputs: list[np.ndarray] = []
+        far: list[tuple[AssetKey, np.ndarray]] = []  # window ends out of every regime
         plan: list[tuple[AssetKey, WindowTicks, list[int], list[int]]] = []
         unusable: list[tuple[AssetKey, WindowTicks, int, str]] = []
         ticks_of = self.store.windows_ticks(
@@ -455,7 +458,10 @@ class Scorer:
                     good.append(end)
                     positions.append(last)
             if good:
-                inputs.append(assemble_windows(t.seqs, rows, good, self.manifest))
+                x, flagged = assemble_windows(t.seqs, rows, good, self.manifest)
+                inputs.append(x)
+                if flagged.any():
+                    far.append((key, np.asarray(good)[flagged]))
                 plan.append((key, t, good, positions))
         scored_at = self.clock()
         prob = rul = np.empty(0, np.float32)
@@ -520,6 +526,7 @@ class Scorer:
             for key in refused:
                 self._forget(key)
         self.metrics.windows_scored.inc(i)
+        self._count_out_of_regime([f for f in far if f[0] not in refused])
         if unusable:
             self.metrics.windows_unscorable.inc(len(unusable))
             log.warning("%d window(s) cannot be scored: %s", len(unusable), unusable[0][3])
@@ -531,6 +538,17 @@ class Scorer:
             except Exception:
                 log.exception("publishing a cloud alert failed (it is stored)")
         return i + len(unusable)
+
+    def _count_out_of_regime(self, far: list[tuple[AssetKey, np.ndarray]]) -> None:
+        """Count (and now and then log) scored ticks whose settings fit no regime."""
+        total = sum(len(seqs) for _, seqs in far)
+        if not total:
+            return
+        self.metrics.out_of_regime.inc(total)
+        (gateway, asset), seqs = far[0]
+        line = self._regime_log.note(total, f"{gateway}/{asset} seq {int(seqs[0])}")
+        if line:
+            log.warning("%s", line)
 
     def _save_machines(self, keys: Iterable[AssetKey]) -> dict[AssetKey, tuple]:
         return {key: (self._machines[key].snapshot() if key in self._machines else None,
@@ -574,7 +592,7 @@ class Scorer:
                 log.warning("escalated window %s/%s..%d cannot be scored: %s", *key, end,
                             next(p for p in problems if p))
                 continue
-            inputs.append(assemble_windows(t.seqs, rows, [end], self.manifest))
+            inputs.append(assemble_windows(t.seqs, rows, [end], self.manifest)[0])
             answered.append((key, end, t))
         if not inputs:
             return 0

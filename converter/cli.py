@@ -115,6 +115,9 @@ def train(
                                     help="write and sign a bundle below the quality floor "
                                          "(the missed figures are still printed)"),
     log: Path = _log_option(f"OUT{LOG_SUFFIX} beside the bundle folder"),
+    regimes: int = typer.Option(None, "--regimes", min=1, max=8,
+                                help="operating regimes to normalise per (default: found from "
+                                     "the operational settings; 1: one global normalisation)"),
 ) -> None:
     """Train on C-MAPSS (or a CSV), convert every edge mode, gate and write the bundle.
     Exits 1 without writing when no edge model passes the parity gate or a model misses the
@@ -141,15 +144,17 @@ def train(
 
         def prepare(w: int):
             if csv is not None:
-                return prepare_csv(csv, asset_col, time_col, feature_list, w, seed=seed)
+                return prepare_csv(csv, asset_col, time_col, feature_list, w, seed=seed,
+                                   regimes=regimes)
             return prepare_cmapss(data or default_data_dir(), subset, w, seed=seed,
-                                  max_units=max_units)
+                                  max_units=max_units, regimes=regimes)
 
         try:
             windows = _windows(window)
             if len(windows) > 1:
                 windows = [_choose_window(windows, prepare, cfg, horizon, rul_cap, seed)]
             prepared = prepare(windows[0])
+            console.log(prepared.scaling_note)
             built = build(prepared, out,
                           version or f"{subset.lower()}-{dt.date.today():%Y%m%d}", sign_key,
                           cfg, quantize, horizon, rul_cap, seed=seed,
