@@ -92,6 +92,9 @@ class Metrics:
         self.window_gaps_skipped = Counter("pdm_cloud_window_gaps_skipped", "holes in an "
                                            "asset's ticks given up on after scoring.gap_wait",
                                            registry=r)
+        self.ui_sign_ins = Counter("pdm_cloud_ui_sign_ins", "web UI sign-ins, by result "
+                                   "(accepted, refused: a wrong or empty token)", ["result"],
+                                   registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
 

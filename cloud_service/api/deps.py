@@ -3,7 +3,8 @@ query parameter types, and the OpenAPI error responses.
 
 Every write and admin route needs `Authorization: Bearer <api_token>`. Reads under /api/v1
 are open unless `api.read_token` is set; then they need that token (or api_token). Tokens are
-compared in constant time, whatever the guess.
+compared in constant time, whatever the guess. The web UI's session cookie stands for the token
+it holds (a write with it also needs the page's CSRF header: web/session.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from pydantic import SecretStr
 
 from cloud_service import schemas
 from cloud_service.service import Service
+from cloud_service.web.session import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Access,
+    access_of,
+    session_write_refusal,
+)
 
 ID = r"^[A-Za-z0-9_-]{1,64}$"
 VERSION = r"^[A-Za-z0-9._+-]{1,64}$"
@@ -61,8 +69,18 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_token(service: ServiceDep, creds: Credentials) -> None:
-    """Write and admin routes: the api_token only."""
+def require_token(request: Request, service: ServiceDep, creds: Credentials) -> None:
+    """Write and admin routes: the api_token only, as a bearer token or as the web UI's
+    session cookie with its CSRF header (web/session.py)."""
+    session = request.cookies.get(SESSION_COOKIE)
+    if (creds is None or creds.scheme.lower() != "bearer") and session is not None:
+        refused = session_write_refusal(service.cfg, session, request.headers.get(CSRF_HEADER),
+                                        request.headers.get("origin"),
+                                        request.headers.get("host"))
+        if refused is None:
+            return
+        status, detail = refused
+        raise _unauthorized(detail) if status == 401 else HTTPException(status, detail)
     if creds is None or creds.scheme.lower() != "bearer":
         raise _unauthorized("this route needs 'Authorization: Bearer <api_token>' (the token "
                             "is the service's api_token setting)")
@@ -70,12 +88,16 @@ def require_token(service: ServiceDep, creds: Credentials) -> None:
         raise _unauthorized("the bearer token is not the service's api_token")
 
 
-def require_read_token(service: ServiceDep, creds: Credentials) -> None:
-    """Read routes, when api.read_token is set: that token or the api_token."""
+def require_read_token(request: Request, service: ServiceDep, creds: Credentials) -> None:
+    """Read routes, when api.read_token is set: that token or the api_token (or the web UI's
+    session cookie holding either)."""
     cfg = service.cfg
     if cfg.api.read_token is None:
         return
     if creds is None or creds.scheme.lower() != "bearer":
+        session = request.cookies.get(SESSION_COOKIE)
+        if session is not None and access_of(cfg, session) is not Access.NONE:
+            return
         raise _unauthorized("this route needs 'Authorization: Bearer <token>' with the "
                             "service's api.read_token or api_token")
     # Both compared, always: which one matched must not show in the time taken.

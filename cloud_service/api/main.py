@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloud_service import __version__
+from cloud_service import __version__, web
 from cloud_service.api.deps import UNAUTHORIZED, require_read_token
 from cloud_service.api.routes import (
     alerts,
@@ -87,6 +87,7 @@ def create_app(cfg: CloudConfig) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(api_router, prefix=API_PREFIX, responses=UNAUTHORIZED,
                        dependencies=[Depends(require_read_token)])
+    app.include_router(web.router)
     return app
 
 
