@@ -241,6 +241,11 @@ def test_no_token_no_page_and_a_wrong_token_is_refused(visit, fleet):
     assert "neither the service's api.read_token nor its api_token" in page.inner_text(".error")
     assert not visit.context.cookies()
     assert fleet.metric('pdm_cloud_ui_sign_ins_total{result="refused"}') >= 1
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body, status in (("token=&next=/", 422), ("a=1&b=2&c=3&d=4&e=5", 400),
+                         ("token=" + "x" * 10_000, 413)):
+        answer = page.request.post("/sign-in", data=body, headers=form)
+        assert answer.status == status, (body[:20], answer.status)
     # a link to a page elsewhere is not followed after signing in (no open redirect)
     page.goto("/sign-in?next=//evil.example/")
     page.fill("input[name=token]", READ_TOKEN)

@@ -84,7 +84,8 @@ AssetId = Annotated[str, PathParam(pattern=ID)]
 
 
 def _service(request: Request) -> Service:
-    return request.app.state.service
+    service: Service = request.app.state.service
+    return service
 
 
 def _config(request: Request) -> CloudConfig:
@@ -108,10 +109,9 @@ def _render(request: Request, name: str, access: Access, status_code: int = 200,
     token = _cookie(request)
     cfg = _config(request)
     base = {"access": access, "Access": Access, "version": __version__,
-            "sign_in_required": cfg.api.read_token is not None,
             "signed_in": is_signed_in(cfg, token),
             "csrf": csrf_token(token) if token and access is Access.WRITE else "",
-            "path": request.url.path, "query": dict(request.query_params)}
+            "path": request.url.path}
     return templates.TemplateResponse(request, name, {**base, **context},
                                       status_code=status_code, headers=SECURITY_HEADERS)
 
@@ -181,10 +181,16 @@ def read_sign_in(request: Request,
 
 @router.post("/sign-in")
 async def sign_in(request: Request) -> Response:
-    body = await request.body()
-    if len(body) > FORM_LIMIT:
-        raise HTTPException(413, f"the sign-in form is limited to {FORM_LIMIT} bytes")
-    form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+    body = bytearray()
+    async for chunk in request.stream():  # read no further than the limit
+        body.extend(chunk)
+        if len(body) > FORM_LIMIT:
+            raise HTTPException(413, f"the sign-in form is limited to {FORM_LIMIT} bytes")
+    try:
+        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError:
+        raise HTTPException(400, "the sign-in form has more fields than token and next; "
+                                 "send it from the sign-in page") from None
     token = (form.get("token") or [""])[0].strip()
     target = _safe_next((form.get("next") or ["/"])[0])
     cfg = _config(request)
