@@ -66,7 +66,7 @@ class Metrics:
         self.store_errors = Counter("pdm_cloud_store_errors", "store operations that failed "
                                     "(connection lost, database down, disk full) and were "
                                     "retried, by caller", ["caller"], registry=r)
-        for caller in ("ingest", "scoring", "readiness", "retention"):
+        for caller in ("ingest", "scoring", "readiness", "retention", "webhooks"):
             self.store_errors.labels(caller)
         self.store_up = Gauge("pdm_cloud_store_up", "1 while the store took a write at the "
                               "last readiness check", registry=r)
@@ -88,6 +88,21 @@ class Metrics:
         self.window_gaps_skipped = Counter("pdm_cloud_window_gaps_skipped", "holes in an "
                                            "asset's ticks given up on after scoring.gap_wait",
                                            registry=r)
+        self.webhook_deliveries = Counter(
+            "pdm_cloud_webhook_deliveries", "webhook delivery attempts, by webhook and outcome "
+            "(delivered; failed: retried later; gave_up: failing past give_up_after, or "
+            "unsendable)", ["webhook", "outcome"], registry=r)
+        self.webhook_failures = Counter(
+            "pdm_cloud_webhook_failures", "failed webhook attempts, by webhook and reason "
+            "(http_<status>, timeout, connect, unsendable)", ["webhook", "reason"], registry=r)
+        self.webhook_queue = Gauge("pdm_cloud_webhook_queue_depth", "webhook deliveries "
+                                   "queued in the store, not yet delivered nor given up (the "
+                                   "whole fleet's queue, as this replica last saw it)",
+                                   registry=r)
+        self.webhook_seconds = Histogram("pdm_cloud_webhook_request_seconds",
+                                         "seconds per webhook POST, answered or not",
+                                         ["webhook"], buckets=LATENCY_BUCKETS + (10, 30),
+                                         registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from cloud_service.store.base import (
     PARTITION_SECONDS,
+    DeliveryQueue,
     FleetReader,
     IngestStore,
     ModelConflict,
@@ -33,6 +34,7 @@ from cloud_service.store.rows import (
     AssetKey,
     AssetRow,
     AssetScore,
+    ClaimedDelivery,
     DeadLetterRow,
     GatewayRow,
     Inserted,
@@ -50,6 +52,7 @@ from cloud_service.store.rows import (
     StoredPrediction,
     TargetRequest,
     TickRow,
+    WebhookDelivery,
     WindowTicks,
 )
 from cloud_service.store.sqlite import SqliteStore
@@ -60,13 +63,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PARTITION_SECONDS", "AlertRow", "AssetKey", "AssetRow", "AssetScore",
-    "DeadLetterRow", "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
+    "PARTITION_SECONDS", "AlertRow", "AssetKey", "AssetRow", "AssetScore", "ClaimedDelivery",
+    "DeadLetterRow", "DeliveryQueue", "FleetReader", "GatewayRow", "IngestStore", "Inserted",
+    "ModelConflict",
     "ModelRow", "ModelStore", "PredictionRow", "Received", "ReportUpdate", "RolloutRow",
     "RolloutStore", "RolloutTargetRow", "ScoresStored", "ScoreWrite", "ScoringStore", "ShadowRow",
     "SqliteStore", "StatusUpdate", "Store", "StoreError", "StoreUnavailable", "StoreUrl",
     "StoredAlert",
-    "StoredPrediction", "TargetRequest", "TickRow", "WindowTicks", "open_store",
+    "StoredPrediction", "TargetRequest", "TickRow", "WebhookDelivery", "WindowTicks", "open_store",
     "parse_store_url",
 ]
 
