@@ -60,6 +60,7 @@ from cloud_service.store.rows import (
     WebhookDelivery,
     WindowTicks,
     without_assets,
+    written_assets,
 )
 
 log = logging.getLogger(__name__)
@@ -637,8 +638,7 @@ class PostgresStore(SharedReads):
         duplicates = 0
         with self._write() as conn, conn.cursor() as cur:
             if owner is not None:
-                keys = sorted({(p.gateway, p.asset) for p in write.predictions}
-                              | {a.key for a in write.assets})
+                keys = sorted(written_assets(write))
                 if keys:
                     mine = {(g, a) for g, a in cur.execute(
                         "SELECT gateway, asset FROM assets WHERE (gateway, asset) IN "

@@ -138,6 +138,13 @@ class ScoreWrite:
     deliveries: list[WebhookDelivery] = field(default_factory=list)
 
 
+def written_assets(write: ScoreWrite) -> set[AssetKey]:
+    """Every asset a score write touches (the owner fence checks each)."""
+    return ({(p.gateway, p.asset) for p in write.predictions}
+            | {(a.gateway, a.asset) for a in write.alerts} | {a.key for a in write.assets}
+            | {(d.gateway, d.asset) for d in write.deliveries})
+
+
 def without_assets(write: ScoreWrite, keys: set[AssetKey]) -> ScoreWrite:
     """The same scores less those of `keys` (assets another replica owns now)."""
     return ScoreWrite(

@@ -51,6 +51,7 @@ from cloud_service.store.rows import (
     WebhookDelivery,
     WindowTicks,
     without_assets,
+    written_assets,
 )
 
 BUSY_TIMEOUT_MS = 30_000
@@ -547,8 +548,7 @@ class SqliteStore(SharedReads):
         with self._write() as conn:
             refused: set[AssetKey] = set()
             if owner is not None:
-                keys = ({(p.gateway, p.asset) for p in write.predictions}
-                        | {a.key for a in write.assets})
+                keys = written_assets(write)
                 for key in keys:
                     row = conn.execute("SELECT owner FROM assets WHERE gateway = ? AND asset = ?",
                                        key).fetchone()
