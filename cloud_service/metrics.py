@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cloud_service.deadletters import REASONS
+from contract.payloads import AlertState
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -75,6 +77,11 @@ class Metrics:
                                          registry=r)
         self.assets_owned = Gauge("pdm_cloud_assets_owned", "assets this replica scores",
                                   registry=r)
+        self.asset_states = Gauge("pdm_cloud_assets_by_state", "assets this replica scores, "
+                                  "by cloud alert state (the fleet: the sum over replicas)",
+                                  ["state"], registry=r)
+        for state in AlertState:
+            self.asset_states.labels(state.value)
         self.replicas_live = Gauge("pdm_cloud_replicas_live", "replicas holding a live lease",
                                    registry=r)
         self.leader = Gauge("pdm_cloud_leader", "1 while this replica holds the leader lease",
@@ -105,6 +112,11 @@ class Metrics:
                                          registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
+
+    def count_asset_states(self, states: Iterable[str]) -> None:
+        counts = collections.Counter(states)
+        for state in AlertState:
+            self.asset_states.labels(state.value).set(counts.get(state.value, 0))
 
     def track_backlog(self, fn: Callable[[], float]) -> None:
         self.backlog.set_function(fn)

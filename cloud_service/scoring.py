@@ -264,6 +264,7 @@ class Scorer:
                      membership.live_replicas)
         self.owned = now_owned
         self.metrics.assets_owned.set(len(now_owned))
+        self.metrics.count_asset_states(m.state.value for m in self._machines.values())
         self.metrics.replicas_live.set(membership.live_replicas)
         self.metrics.leader.set(int(membership.leader))
         self._next_beat = now + self.lease_seconds / 4
