@@ -368,6 +368,9 @@ def test_cloud_alerts_reach_the_webhooks_that_want_their_severity(tmp_path, brok
         assert (f'pdm_cloud_webhook_deliveries_total{{outcome="delivered",webhook="chat"}} '
                 f'{float(len(published))}') in page
         assert len(pager.requests) == 1
+        # the dashboard's fleet view counts the asset as CRITICAL (at the next lease renewal)
+        wait_until(lambda: 'pdm_cloud_assets_by_state{state="CRITICAL"} 1.0'
+                   in cloud.http.get("/metrics").text, 10, "the fleet state gauge")
     finally:
         rec.close()
         publisher.close()
