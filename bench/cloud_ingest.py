@@ -107,7 +107,7 @@ def make_load(copies: int) -> Load:
     """`copies` x the 100 FD001 test engines as uplink batches, and what they must yield."""
     manifest = read_manifest(BUNDLE)
     rows = read_cmapss(DATA / "test_FD001.txt")
-    cols = [COLUMNS.index(f) for f in manifest.features]
+    cols = [COLUMNS.index(f) for f in manifest.columns]
     payloads = []
     for copy in range(copies):
         for unit in np.unique(rows[:, 0]).astype(int):
@@ -118,7 +118,7 @@ def make_load(copies: int) -> Load:
                 payloads.append(codec.encode_uplink(UplinkBatch(
                     gateway=GW, asset=f"c{copy}-e{unit}", first_seq=first,
                     timestamps=1.8e9 + first + np.arange(len(chunk), dtype=np.float64),
-                    features=tuple(manifest.features), values=chunk, probability=nan,
+                    features=tuple(manifest.columns), values=chunk, probability=nan,
                     rul=nan, model_version="bench")))
     lengths = np.unique(rows[:, 0], return_counts=True)[1]
     windows = int(np.maximum(lengths - manifest.window + 1, 0).sum()) * copies

@@ -27,7 +27,7 @@ from cloud_service.store import Received, SqliteStore
 from contract.cmapss import COLUMNS, read_cmapss
 from contract.manifest import Manifest
 from contract.payloads import UplinkBatch
-from contract.preprocess import sliding_windows
+from contract.preprocess import normalise, sliding_windows
 from tests.support.cloud import make_bundle
 
 BATCH = 512
@@ -47,12 +47,12 @@ def unit_series(manifest: Manifest, n_units: int) -> list[np.ndarray]:
     random numbers of the same shape otherwise."""
     try:
         data = read_cmapss(DATA / "test_FD001.txt")
-        cols = [COLUMNS.index(f) for f in manifest.features]
+        cols = [COLUMNS.index(f) for f in manifest.columns]
         return [data[data[:, 0] == u][:, cols].astype(np.float32)
                 for u in np.unique(data[:, 0])[:n_units]]
     except (OSError, ValueError):
         rng = np.random.default_rng(0)
-        return [rng.normal(size=(200, len(manifest.features))).astype(np.float32)
+        return [rng.normal(size=(200, len(manifest.columns))).astype(np.float32)
                 for _ in range(n_units)]
 
 
@@ -79,7 +79,7 @@ def scorer_level(model, manifest: Manifest, series: list[np.ndarray], tmp: Path,
         n = len(rows)
         items.append(Received(UplinkBatch(
             gateway="gw-bench", asset=f"engine-{u}", first_seq=0,
-            timestamps=np.arange(n, dtype=np.float64), features=tuple(manifest.features),
+            timestamps=np.arange(n, dtype=np.float64), features=tuple(manifest.columns),
             values=rows, probability=np.full(n, 0.5, np.float32),
             rul=np.full(n, 50.0, np.float32), model_version="edge"), time.time()))
     store.write_ingest(items, [], [])
@@ -102,7 +102,7 @@ def main() -> dict:
         folder, key, which = bundle(tmp)
         manifest, model = load_verified(folder, [key])
         series = unit_series(manifest, 100)
-        windows = np.concatenate([manifest.normalisation.apply(sliding_windows(s, manifest.window))
+        windows = np.concatenate([normalise(sliding_windows(s, manifest.window), manifest)[0]
                                   for s in series if len(s) >= manifest.window])
         x = np.resize(windows, (args.windows, manifest.window, len(manifest.features)))
         m = model_level(model, x, args.single)

@@ -17,7 +17,7 @@ from edge_agent.scorer import Scorer
 
 def windows(manifest, n: int = 200) -> list[np.ndarray]:
     data = read_cmapss(DATA / "test_FD001.txt")
-    cols = [COLUMNS.index(f) for f in manifest.features]
+    cols = [COLUMNS.index(f) for f in manifest.columns]
     out = []
     for unit in np.unique(data[:, 0])[:n]:
         rows = data[data[:, 0] == unit][:, cols]

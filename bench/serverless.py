@@ -28,7 +28,7 @@ from bench.common import BUNDLE, BUNDLE_KEY, REPO, save, table
 from cloud_service.serverless.local_runtime import RuntimeApi
 from cloud_service.serverless.package import bundle_files, files_of, imported_modules, unzipped_mb
 from contract.bundle import verify_bundle
-from contract.preprocess import sliding_windows
+from contract.preprocess import normalise, sliding_windows
 
 PUBLISHED = {"lambda_cold_ms": 1200.0, "lambda_warm_ms": 300.0, "container_warm_ms": 50.0,
              "lambda_month_usd_1m_requests": 0.20, "container_month_usd": 40.0}
@@ -92,7 +92,7 @@ def container_row(windows: np.ndarray, warm: int) -> dict:
     from cloud_service.model import KerasModel
     manifest = verify_bundle(BUNDLE, [BUNDLE_KEY])
     model = KerasModel(BUNDLE, manifest)
-    x = manifest.normalisation.apply(windows).astype(np.float32)
+    x = normalise(windows, manifest)[0]
     for i in range(20):
         model(x[i % len(x):i % len(x) + 1])
     samples = []

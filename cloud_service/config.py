@@ -13,8 +13,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from cloud_service.drift import DriftOptions
 from contract.bundle import load_private_key
 from contract.codec import DEFAULT_MAX_PAYLOAD
+from contract.drift import DriftSettings
 from contract.payloads import AlertState
 from contract.settings import ConfigError as ConfigError  # re-exported for callers
 from contract.settings import FileSettings, Section, TlsConfig, load_settings
@@ -153,6 +155,38 @@ class ScoringConfig(Section):
         0.25, gt=0, le=60, description="seconds between looks for ticks other replicas stored")
 
 
+class DriftConfig(Section):
+    """Input drift checks against the model's training statistics (docs/cloud.md)."""
+
+    enabled: bool = Field(True, description="check each asset's recent inputs for drift")
+    window: int = Field(200, ge=10, le=100_000, description="recent ticks compared per asset")
+    min_ticks: int = Field(50, ge=1, description="fewer recent ticks than this: not judged")
+    watch: float = Field(0.1, gt=0, description="PSI from which a feature is 'watch'")
+    drift: float = Field(0.25, gt=0, description="PSI from which a feature is 'drift'")
+    feature_share: float = Field(
+        0.5, gt=0, le=1, description="share of the features that must drift for the asset "
+                                     "to drift (its score is that feature's PSI)")
+    interval: float = Field(30, ge=0, le=86_400,
+                            description="seconds before an asset is checked again")
+    batch: int = Field(64, ge=1, le=10_000,
+                       description="assets checked at a time, between scoring batches")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftConfig:
+        if self.watch > self.drift:
+            raise ValueError("watch must be <= drift")
+        return self
+
+    def options(self) -> DriftOptions | None:
+        """What the scorer needs; None when drift checks are off."""
+        if not self.enabled:
+            return None
+        return DriftOptions(DriftSettings(watch=self.watch, drift=self.drift,
+                                          min_ticks=self.min_ticks,
+                                          feature_share=self.feature_share),
+                            window=self.window, interval=self.interval, batch=self.batch)
+
+
 class IngestConfig(Section):
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD, ge=1024)
     commit_max_messages: int = Field(
@@ -284,6 +318,7 @@ class CloudConfig(FileSettings):
         min_length=16)
     api: ApiConfig = ApiConfig()
     scoring: ScoringConfig = ScoringConfig()
+    drift: DriftConfig = DriftConfig()
     ingest: IngestConfig = IngestConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()
     http: HttpConfig = HttpConfig()

@@ -59,6 +59,10 @@ class Metrics:
         self.windows_unscorable = Counter("pdm_cloud_windows_unscorable",
                                           "complete windows the model cannot score (features "
                                           "missing), recorded with the reason", registry=r)
+        self.out_of_regime = Counter("pdm_cloud_out_of_regime",
+                                     "ticks ending a scored window whose operational settings "
+                                     "are far from every regime of the model (scored with the "
+                                     "nearest regime's statistics)", registry=r)
         self.backlog = Gauge("pdm_cloud_scoring_backlog",
                              "complete windows waiting to be scored", registry=r)
         self.verdicts = Counter("pdm_cloud_verdicts", "verdicts on escalated windows: the "
@@ -110,6 +114,22 @@ class Metrics:
                                          "seconds per webhook POST, answered or not",
                                          ["webhook"], buckets=LATENCY_BUCKETS + (10, 30),
                                          registry=r)
+        self.drift_psi = Gauge("pdm_cloud_drift_psi", "input drift: the largest PSI of each "
+                               "feature over the assets this replica scores (contract/drift.py)",
+                               ["feature"], registry=r)
+        self.assets_drifting = Gauge("pdm_cloud_assets_drifting", "assets this replica scores "
+                                     "whose inputs drift from the training data", registry=r)
+        self.drift_events = Counter("pdm_cloud_drift_events", "assets crossing the drift "
+                                    "threshold (raised) or coming back under it (cleared)",
+                                    ["kind"], registry=r)
+        for kind in ("raised", "cleared"):
+            self.drift_events.labels(kind)
+        self.drift_checks = Counter("pdm_cloud_drift_checks", "asset drift checks made",
+                                    registry=r)
+        self.drift_check_seconds = Histogram("pdm_cloud_drift_check_seconds",
+                                             "seconds per drift step (up to drift.batch assets: "
+                                             "read, compare, store)",
+                                             buckets=LATENCY_BUCKETS, registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
 

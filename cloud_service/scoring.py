@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cloud_service.drift import DriftMonitor, DriftOptions
 from cloud_service.metrics import Metrics
 from cloud_service.ownership import (
     OwnedAsset,
@@ -61,6 +62,7 @@ from contract import codec, topics
 from contract.alerting import AlertMachine, MachineState
 from contract.manifest import Manifest
 from contract.payloads import AlertEvent, AlertState
+from contract.preprocess import OutOfRegimeLog
 
 log = logging.getLogger(__name__)
 BatchModel = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -92,7 +94,8 @@ class Scorer:
                  publish: Publish, batch_max: int = 512, max_delay: float = 0.05,
                  clock: Callable[[], float] = time.time, replica: str = "local",
                  lease_seconds: float = 10.0, gap_wait: float = 60.0,
-                 scan_interval: float = 0.25, notifier: AlertNotifier | None = None) -> None:
+                 scan_interval: float = 0.25, drift: DriftOptions | None = None,
+                 notifier: AlertNotifier | None = None) -> None:
         self.store = store
         self.notifier = notifier
         self.model = model
@@ -134,11 +137,14 @@ class Scorer:
         self._last_scan: float | None = None
         self._unowned_news = False
         self._feature_maps: dict[int, FeatureMap] = {}
+        self._regime_log = OutOfRegimeLog()
         self.recovered = threading.Event()
         self.last_error: str | None = None
         thresholds = manifest.thresholds.model_dump()
         self._thresholds = {k: float(v) for k, v in thresholds.items() if v is not None}
         metrics.track_backlog(self.backlog)
+        self.drift = None if drift is None else DriftMonitor(
+            store, manifest, metrics, drift, self._rows_in_model_order, clock)
 
     # -- interface for ingest and the service ----------------------------------------------
 
@@ -194,6 +200,7 @@ class Scorer:
                     self._stopping.wait(0.5)
                     continue
                 self.step(wait=True)
+                self.check_drift()
                 self.last_error = None
             except Exception as exc:  # keep scoring; the windows stay pending in the store
                 if isinstance(exc, StoreError):
@@ -330,6 +337,8 @@ class Scorer:
         with self._cond:
             self._dirty.pop(key, None)
         self.owned.discard(key)
+        if self.drift is not None:
+            self.drift.forget(key)
 
     def step(self, wait: bool = False) -> int:
         """Answer escalations, expand new ticks into windows and score one batch. Returns
@@ -372,9 +381,18 @@ class Scorer:
         total = 0
         while True:
             n = self.step()
+            self.check_drift()
             if not n and not len(self.pending) and not self._dirty:
                 return total
             total += n
+
+    def check_drift(self) -> int:
+        """Check the input drift of the owned assets that are due (a few at a time, between
+        scoring batches); returns the assets checked."""
+        if self.drift is None:
+            return 0
+        return self.drift.step({key: self._last_seq[key] for key in self.owned
+                                if key in self._last_seq}, owner=self.replica)
 
     def _expand(self) -> None:
         with self._cond:
@@ -430,14 +448,14 @@ class Scorer:
     def _feature_map(self, feature_set: int) -> FeatureMap:
         fm = self._feature_maps.get(feature_set)
         if fm is None:
-            fm = FeatureMap.build(self.store.feature_set(feature_set), self.manifest.features)
+            fm = FeatureMap.build(self.store.feature_set(feature_set), self.manifest.columns)
             self._feature_maps[feature_set] = fm
         return fm
 
     def _rows_in_model_order(self, t: WindowTicks) -> tuple[np.ndarray, list[str | None]]:
-        """The stored rows reordered to the manifest's features; per row, None or why the
+        """The stored rows reordered to the manifest's columns; per row, None or why the
         model cannot use it."""
-        rows = np.zeros((len(t.seqs), len(self.manifest.features)), np.float32)
+        rows = np.zeros((len(t.seqs), len(self.manifest.columns)), np.float32)
         problems: list[str | None] = [None] * len(t.seqs)
         for fs in np.unique(t.feature_sets):
             at = np.flatnonzero(t.feature_sets == fs)
@@ -454,6 +472,7 @@ class Scorer:
     def _score(self, taken: dict[AssetKey, list[int]]) -> int:
         w = self.window
         inputs: list[np.ndarray] = []
+        far: list[tuple[AssetKey, int, np.ndarray]] = []  # ticks out of every regime
         plan: list[tuple[AssetKey, WindowTicks, list[int], list[int]]] = []
         unusable: list[tuple[AssetKey, WindowTicks, int, str]] = []
         ticks_of = self.store.windows_ticks(
@@ -472,7 +491,11 @@ class Scorer:
                     good.append(end)
                     positions.append(last)
             if good:
-                inputs.append(assemble_windows(t.seqs, rows, good, self.manifest))
+                x, flagged = assemble_windows(t.seqs, rows, good, self.manifest)
+                inputs.append(x)
+                if flagged.any():
+                    far.append((key, int(flagged.sum()),
+                                np.asarray(good)[flagged]))
                 plan.append((key, t, good, positions))
         scored_at = self.clock()
         prob = rul = np.empty(0, np.float32)
@@ -537,6 +560,7 @@ class Scorer:
             for key in refused:
                 self._forget(key)
         self.metrics.windows_scored.inc(i)
+        self._count_out_of_regime([f for f in far if f[0] not in refused])
         if unusable:
             self.metrics.windows_unscorable.inc(len(unusable))
             log.warning("%d window(s) cannot be scored: %s", len(unusable), unusable[0][3])
@@ -550,6 +574,17 @@ class Scorer:
         if events and self.notifier is not None:
             self.notifier.wake()
         return i + len(unusable)
+
+    def _count_out_of_regime(self, far: list[tuple[AssetKey, int, np.ndarray]]) -> None:
+        """Count (and now and then log) scored ticks whose settings fit no regime."""
+        total = sum(n for _, n, _ in far)
+        if not total:
+            return
+        self.metrics.out_of_regime.inc(total)
+        (gateway, asset), _, seqs = far[0]
+        line = self._regime_log.note(total, f"{gateway}/{asset} seq {int(seqs[0])}")
+        if line:
+            log.warning("%s", line)
 
     def _save_machines(self, keys: Iterable[AssetKey]) -> dict[AssetKey, tuple]:
         return {key: (self._machines[key].snapshot() if key in self._machines else None,
@@ -593,7 +628,7 @@ class Scorer:
                 log.warning("escalated window %s/%s..%d cannot be scored: %s", *key, end,
                             next(p for p in problems if p))
                 continue
-            inputs.append(assemble_windows(t.seqs, rows, [end], self.manifest))
+            inputs.append(assemble_windows(t.seqs, rows, [end], self.manifest)[0])
             answered.append((key, end, t))
         if not inputs:
             return 0

@@ -71,7 +71,8 @@ class Service:
                                  publish=self.consumer.publish, batch_max=sc.batch_max,
                                  max_delay=sc.max_delay, replica=self.cfg.client_id,
                                  lease_seconds=sc.lease_seconds, gap_wait=sc.gap_wait,
-                                 scan_interval=sc.scan_interval, notifier=self.webhooks)
+                                 scan_interval=sc.scan_interval,
+                                 drift=self.cfg.drift.options(), notifier=self.webhooks)
             self.scorer.start()
         if self.webhooks is not None:  # also without a model: it drains what is queued
             self.webhooks.start()

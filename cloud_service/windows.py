@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.manifest import Manifest
+from contract.preprocess import normalise
 
 AssetKey = tuple[str, str]  # (gateway, asset)
 
@@ -53,7 +54,8 @@ def ticks_needed(ends_lo: int, ends_hi: int, window: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class FeatureMap:
-    """Reorders one stored feature set into the manifest's feature order."""
+    """Reorders one stored feature set into the manifest's `columns` (its features, then the
+    operational settings its regimes need)."""
 
     index: np.ndarray | None  # None: the stored set lacks a feature the model needs
     missing: tuple[str, ...] = ()
@@ -68,24 +70,27 @@ class FeatureMap:
 
 
 def assemble_windows(seqs: np.ndarray, rows: np.ndarray, ends: Iterable[int],
-                     manifest: Manifest) -> np.ndarray:
-    """Normalised model inputs (n, W, F) for the windows ending at `ends`.
+                     manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised model inputs (n, W, F) for the windows ending at `ends`, and per window
+    whether its last tick is out of every operating regime (each tick ends one window, so
+    counting these counts each tick once).
 
-    `seqs` (sorted) and `rows` (len(seqs), F, already in manifest order, raw units) hold the
-    stored ticks around those windows; every window must be complete in them.
+    `seqs` (sorted) and `rows` (len(seqs), C: the manifest's `columns` in order, raw units)
+    hold the stored ticks around those windows; every window must be complete in them.
     """
     w = manifest.window
     ends = np.asarray(list(ends), np.int64)
     if len(ends) == 0:
-        return np.empty((0, w, len(manifest.features)), np.float32)
+        return np.empty((0, w, len(manifest.features)), np.float32), np.zeros(0, bool)
     last = np.searchsorted(seqs, ends)
     if np.any(last >= len(seqs)) or np.any(seqs[np.minimum(last, len(seqs) - 1)] != ends):
         raise ValueError("a window end is not among the ticks given")
     first = last - (w - 1)
     if np.any(first < 0) or np.any(seqs[first] != ends - (w - 1)):
         raise ValueError("a window is not complete in the ticks given")
+    x, far = normalise(rows, manifest)  # each tick once, then gathered into windows
     idx = first[:, None] + np.arange(w)[None, :]
-    return manifest.normalisation.apply(rows[idx]).astype(np.float32, copy=False)
+    return x[idx], far[last]
 
 
 class PendingWindows:

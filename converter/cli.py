@@ -80,6 +80,9 @@ def train(
     seed: int = typer.Option(0),
     max_units: int = typer.Option(None, help="use only the first N units (quick runs)"),
     calibration_windows: int = typer.Option(1000, help="int8 representative windows"),
+    regimes: int = typer.Option(None, "--regimes", min=1, max=8,
+                                help="operating regimes to normalise per (default: found from "
+                                     "the operational settings; 1: one global normalisation)"),
 ) -> None:
     """Train on C-MAPSS (or a CSV), convert every edge mode, gate and write the bundle."""
     from converter.data import DataError, prepare_cmapss, prepare_csv
@@ -98,15 +101,17 @@ def train(
 
     def prepare(w: int):
         if csv is not None:
-            return prepare_csv(csv, asset_col, time_col, feature_list, w, seed=seed)
+            return prepare_csv(csv, asset_col, time_col, feature_list, w, seed=seed,
+                               regimes=regimes)
         return prepare_cmapss(data or default_data_dir(), subset, w, seed=seed,
-                              max_units=max_units)
+                              max_units=max_units, regimes=regimes)
 
     try:
         windows = _windows(window)
         if len(windows) > 1:
             windows = [_choose_window(windows, prepare, cfg, horizon, rul_cap, seed)]
         prepared = prepare(windows[0])
+        console.log(prepared.scaling_note)
         built = build(prepared, out, version or f"{subset.lower()}-{dt.date.today():%Y%m%d}",
                       sign_key, cfg, quantize, horizon, rul_cap, seed=seed,
                       calibration_windows=calibration_windows, progress=console.log)

@@ -167,11 +167,12 @@ def write_bundle(out: Path, prepared: Prepared, trained: lstm.TrainResult,
             source=Source(dataset=prepared.dataset,
                           files={p.name: sha256_file(p) for p in prepared.source_files.values()}),
             features=prepared.features, window=prepared.window,
-            normalisation=prepared.normalisation, horizon=horizon, rul_cap=rul_cap,
+            normalisation=prepared.normalisation, regimes=prepared.regimes, horizon=horizon,
+            rul_cap=rul_cap,
             thresholds=thresholds, tolerances=tolerances,
             edge=EdgeModel(file=edge_file, quantization=chosen.mode),
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
-            metrics=metrics)
+            metrics=metrics, training_stats=prepared.training_stats)
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
         if sign_key is not None:
             sign_bundle(tmp, sign_key)

@@ -11,6 +11,7 @@ import numpy as np
 from contract.bundle import read_manifest, sha256_file, verify_bundle
 from contract.errors import ContractError
 from contract.manifest import KERAS_MODEL, Manifest
+from contract.preprocess import Normaliser
 from converter.data import DataError, TestSet, cmapss_test_set, csv_test_set
 from converter.evaluate import GateResult, LiteModel, head_metrics, parity, parity_gate
 
@@ -47,14 +48,13 @@ def test_set_for(manifest: Manifest, data: Path | None, csv: Path | None = None,
                  asset_col: str = "asset", time_col: str = "time") -> TestSet:
     """The manifest's own test protocol: C-MAPSS subset from its dataset name, or a CSV."""
     if csv is not None:
-        return csv_test_set(csv, asset_col, time_col, manifest.features, manifest.normalisation,
-                            manifest.window)
+        return csv_test_set(csv, asset_col, time_col, Normaliser.of(manifest), manifest.window)
     dataset = manifest.source.dataset
     if not dataset.startswith("C-MAPSS "):
         raise DataError(f"bundle was trained on {dataset}; pass --csv with held-out assets")
     subset = dataset.split()[1]
-    return cmapss_test_set(data or default_data_dir(), subset, manifest.features,
-                           manifest.normalisation, manifest.window)
+    return cmapss_test_set(data or default_data_dir(), subset, Normaliser.of(manifest),
+                           manifest.window)
 
 
 def verify(bundle: Path, trusted_keys: list[Path], data: Path | None = None,

@@ -21,6 +21,7 @@ from contract.errors import ContractError
 from contract.manifest import Manifest
 from contract.ota import KeyRing
 from contract.payloads import AlertEvent, GatewayStatus, UplinkBatch
+from contract.preprocess import OutOfRegimeLog
 from edge_agent import __version__
 from edge_agent.config import (
     AgentConfig,
@@ -108,7 +109,8 @@ class Agent:
         self._uplink_order = threading.Lock()
         self._pending: list[tuple[Callable[[], None], threading.Event]] = []
         self._shown: set[str] = set()  # assets whose state is retained on the local broker
-        self.outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes, len(self.manifest.features),
+        self.regime_log = OutOfRegimeLog()
+        self.outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes, len(self.manifest.columns),
                              cfg.outbox.replay_window)
         self.queue: queue.Queue[Reading] = queue.Queue(maxsize=1_000)
         self.stopping = threading.Event()
@@ -321,6 +323,13 @@ class Agent:
         if dropped:
             self.metrics.dropped.inc(dropped)
         self.metrics.ticks.inc(len(done))
+        far = [p for p in done if p.out_of_regime]
+        if far:
+            self.metrics.out_of_regime.inc(len(far))
+            line = self.regime_log.note(len(far), f"asset {far[0].tick.asset} at time "
+                                                  f"{far[0].tick.time:g}")
+            if line:
+                log.warning("%s", line)
         for p in done:
             if p.score is None:
                 continue
@@ -363,7 +372,7 @@ class Agent:
             return
         batch = UplinkBatch(  # an asset's seqs are consecutive: the window ends at the tick
             gateway=self.gateway, asset=p.tick.asset, first_seq=p.tick.seq - len(w.times) + 1,
-            timestamps=w.times, features=tuple(self.manifest.features), values=w.values,
+            timestamps=w.times, features=tuple(self.manifest.columns), values=w.values,
             probability=w.probability, rul=w.rul, model_version=p.tick.model_version,
             escalated=True)
         self.uplink.publish(topics.escalate(self.gateway), codec.encode_uplink(batch))
@@ -461,7 +470,7 @@ class Agent:
                     after[asset] = batch.last_seq
                     payload = codec.encode_uplink(UplinkBatch(
                         gateway=self.gateway, asset=asset, first_seq=batch.first_seq,
-                        timestamps=batch.times, features=tuple(self.manifest.features),
+                        timestamps=batch.times, features=tuple(self.manifest.columns),
                         values=batch.values, probability=batch.probability, rul=batch.rul,
                         model_version=batch.model_version, shadow_version=batch.shadow_version,
                         shadow_probability=batch.shadow_probability,

@@ -153,7 +153,7 @@ def simulate_plc(
         features = None
         default = Path(__file__).resolve().parent.parent / "models" / "default"
         if (default / "manifest.json").exists():
-            features = read_manifest(default).features
+            features = read_manifest(default).columns
         typer.echo(yaml.safe_dump({"sources": [{
             "type": "modbus", "host": host, "port": port, "poll_interval": 1.0 / rate,
             "registers": cmapss_registers(features),

@@ -11,6 +11,9 @@ class AgentMetrics:
         self.ticks = Counter("pdm_edge_ticks", "Readings accepted as ticks", registry=r)
         self.rejected = Counter("pdm_edge_rejected_readings", "Readings refused, by reason",
                                 ["reason"], registry=r)
+        self.out_of_regime = Counter(
+            "pdm_edge_out_of_regime", "Ticks whose operational settings are far from every "
+            "regime of the model (scored with the nearest regime's statistics)", registry=r)
         self.scored = Counter("pdm_edge_windows_scored", "Windows scored by the edge model",
                               registry=r)
         self.inference = Histogram(

@@ -14,6 +14,7 @@ import numpy as np
 from contract.alerting import AlertMachine, Transition
 from contract.manifest import Manifest, Thresholds
 from contract.payloads import AlertEvent, AlertState, AssetState
+from contract.preprocess import Normaliser
 from edge_agent.escalation import escalation_reason
 from edge_agent.outbox import OutboxTick
 from edge_agent.readings import Reading, ReadingChecker
@@ -33,6 +34,7 @@ class Processed:
     window: WindowCopy | None = None  # the window's ticks, when escalated
     judged: Score | None = None  # the score the alert machine decided on
     basis: str = "edge"  # whose score that was: "edge", or "cloud" when its verdict was adopted
+    out_of_regime: bool = False  # the tick's settings are far from every operating regime
 
 
 @dataclass
@@ -58,7 +60,8 @@ class Pipeline:
         self.scorer = scorer
         self.thresholds = thresholds or manifest.thresholds
         self.model_version = manifest.version
-        self.checker = ReadingChecker(manifest.features)
+        self.checker = ReadingChecker(manifest.columns)
+        self.normaliser = Normaliser.of(manifest)  # flags ticks out of every regime
         self.assets: dict[str, AssetStatus] = {}
         self.shadow: Scorer | None = None  # scored beside the active model, never alerting
 
@@ -66,9 +69,10 @@ class Pipeline:
                   thresholds: Thresholds | None = None) -> None:
         """Switch to another model with the same features and window; windows and alert states
         carry over, so the next tick is scored by the new model and no window twice."""
-        if (manifest.features, manifest.window) != (self.manifest.features, self.manifest.window):
+        if (manifest.columns, manifest.window) != (self.manifest.columns, self.manifest.window):
             raise ValueError("a swapped-in model must use the same features and window")
         self.manifest, self.scorer = manifest, scorer
+        self.normaliser = Normaliser.of(manifest)
         self.model_version = manifest.version
         self.thresholds = thresholds or manifest.thresholds
         for status in self.assets.values():
@@ -76,8 +80,8 @@ class Pipeline:
 
     def use_shadow(self, scorer: Scorer | None) -> None:
         """Run `scorer` beside the active model from the next tick on (None: stop)."""
-        if scorer is not None and (scorer.manifest.features, scorer.manifest.window) != (
-                self.manifest.features, self.manifest.window):
+        if scorer is not None and (scorer.manifest.columns, scorer.manifest.window) != (
+                self.manifest.columns, self.manifest.window):
             raise ValueError("a shadow model must use the same features and window")
         self.shadow = scorer
 
@@ -97,10 +101,11 @@ class Pipeline:
         status.window.push(row, float(reading.time))
         tick = OutboxTick(reading.asset, float(reading.time), row,
                           model_version=self.model_version)
+        far = self.normaliser.out_of_regime(row)
         if self.shadow is not None:
             tick.shadow_version = self.shadow.manifest.version
         if not status.window.full:
-            return Processed(reading, tick, None, None)
+            return Processed(reading, tick, None, None, out_of_regime=far)
         t0 = time.perf_counter()
         score = self.scorer.score(status.window.view())
         elapsed = time.perf_counter() - t0
@@ -109,7 +114,7 @@ class Pipeline:
         if self.shadow is not None:
             shadow = self.shadow.score(status.window.view())
             tick.shadow_probability, tick.shadow_rul = shadow.probability, shadow.rul
-        done = Processed(reading, tick, score, inference_s=elapsed)
+        done = Processed(reading, tick, score, inference_s=elapsed, out_of_regime=far)
         if self.escalation_band is not None:
             done.escalate = escalation_reason(score.probability, score.rul, self.manifest,
                                               self.escalation_band, self.escalate_heads)

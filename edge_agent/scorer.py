@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.manifest import Manifest
-from contract.preprocess import rul_from_output
+from contract.preprocess import Normaliser, rul_from_output
 
 
 class ModelLoadError(RuntimeError):
@@ -67,9 +67,7 @@ class Scorer:
                 hint = (" (tflite-runtime 2.14 cannot run dynamic-range models from current "
                         "TensorFlow; install ai-edge-litert or use an int8 or float bundle)")
             raise ModelLoadError(f"{self.runtime} cannot load {model_path}: {exc}{hint}") from None
-        norm = manifest.normalisation
-        self._offset = np.asarray(norm.offset, np.float32)
-        self._scale = np.asarray(norm.scale, np.float32)
+        self.normaliser = Normaliser.of(manifest)
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
         self._in_scale, self._in_zero = self._in["quantization"]
@@ -94,10 +92,10 @@ class Scorer:
         return y
 
     def normalise(self, window: np.ndarray) -> np.ndarray:
-        """A raw (W, F) window normalised as this model's manifest says."""
-        return (window - self._offset) / self._scale
+        """A raw (W, C) window (the manifest's columns) as this model's input (W, F)."""
+        return self.normaliser.apply(window)[0]
 
     def score(self, window: np.ndarray) -> Score:
-        """Scores of one raw (W, F) window."""
+        """Scores of one raw (W, C) window (the manifest's columns)."""
         p, frac = self.raw(self.normalise(window))
         return Score(float(min(max(p, 0.0), 1.0)), float(rul_from_output(frac, self.manifest)))

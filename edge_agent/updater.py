@@ -228,8 +228,7 @@ def download(url: str, token: str | None, max_bytes: int, attempts: int = 3,
 def self_test(new: Scorer, old: Scorer, windows: list[np.ndarray], manifest: Manifest) -> str:
     """Finite outputs of the right shape, and decisions that agree with the running model on
     the held windows as often as the new manifest's tolerance asks. Returns a summary."""
-    neutral = np.asarray(manifest.normalisation.offset, np.float32)  # normalises to zeros
-    probe = windows or [np.tile(neutral, (manifest.window, 1))]
+    probe = windows or [new.normaliser.neutral_rows(manifest.window)]
     agree = 0
     new_cut, old_cut = manifest.thresholds.decision, old.manifest.thresholds.decision
     for w in probe:
@@ -426,7 +425,7 @@ class Updater(threading.Thread):
         if new_manifest.version != version:
             raise UpdateError(f"bundle holds version {new_manifest.version}, "
                               f"announced as {version}", "bundle")
-        if (new_manifest.features, new_manifest.window) != (manifest.features, manifest.window):
+        if (new_manifest.columns, new_manifest.window) != (manifest.columns, manifest.window):
             raise UpdateError("bundle needs other features or another window than this "
                               "gateway serves; it cannot be swapped in between two ticks")
         try:

@@ -1,8 +1,9 @@
 """A per-asset ring buffer of the last W ticks (pure).
 
 Rows are kept as read, not normalised: each model normalises with its own manifest, so a
-swapped-in or shadow model trained on other statistics still sees its own inputs. The tick
-times and the edge scores ride along, so an escalated window can be sent as it stands."""
+swapped-in or shadow model trained on other statistics still sees its own inputs. A row holds
+the manifest's `columns`: the features, then any operational settings its regimes need. The
+tick times and the edge scores ride along, so an escalated window can be sent as it stands."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from contract.manifest import Manifest
 
 @dataclass(frozen=True)
 class WindowCopy:
-    """One window's ticks, oldest first: times, raw values (W, F) and the edge's scores."""
+    """One window's ticks, oldest first: times, raw values (W, C) and the edge's scores."""
 
     times: np.ndarray
     values: np.ndarray
@@ -28,7 +29,7 @@ class AssetWindow:
 
     def __init__(self, manifest: Manifest) -> None:
         self.window = manifest.window
-        self._buf = np.zeros((2 * self.window, len(manifest.features)), np.float32)
+        self._buf = np.zeros((2 * self.window, len(manifest.columns)), np.float32)
         self._times = np.zeros(2 * self.window, np.float64)
         self._scores = np.full((2 * self.window, 2), np.nan, np.float32)
         self._end = 0  # rows written into _buf since the last compaction
@@ -57,7 +58,7 @@ class AssetWindow:
         return self.count >= self.window
 
     def view(self) -> np.ndarray:
-        """The current raw window (W, F); only meaningful when `full`."""
+        """The current raw window (W, C); only meaningful when `full`."""
         return self._buf[self._end - self.window : self._end]
 
     def copy(self) -> WindowCopy:

@@ -83,8 +83,8 @@ def test_assembled_windows_equal_the_contract_preprocessing():
     m = manifest()
     rows = np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32)
     seqs = np.arange(100, 112)
-    x = assemble_windows(seqs, rows, [104, 111], m)
-    assert x.shape == (2, W, 3)
+    x, far = assemble_windows(seqs, rows, [104, 111], m)
+    assert x.shape == (2, W, 3) and far.tolist() == [False, False]
     np.testing.assert_array_equal(x[0], normalised_window(rows[:5], m))
     np.testing.assert_array_equal(x[1], normalised_window(rows[7:12], m))
     with pytest.raises(ValueError):

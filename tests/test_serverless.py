@@ -21,6 +21,7 @@ from cloud_service.store import open_store
 from cloud_service.windows import assemble_windows
 from contract import codec, topics
 from contract.payloads import UplinkBatch
+from contract.preprocess import normalise
 from tests.conftest import DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY
 from tests.support.procs import track
 
@@ -88,7 +89,7 @@ def test_http_scores_like_the_container(loaded, keras):
     assert out["statusCode"] == 200, out
     body = json.loads(out["body"])
     assert body["model_version"] == m.version
-    prob, rul = keras(m.normalisation.apply(windows).astype(np.float32))
+    prob, rul = keras(normalise(windows, m)[0])
     got = body["predictions"]
     assert len(got) == 3
     np.testing.assert_allclose([g["probability"] for g in got], prob, atol=1e-4)
@@ -138,7 +139,7 @@ def test_iot_stores_scores_and_is_idempotent(loaded, keras, postgres_url):
         preds = store.predictions("gw1", "a1", -1, None, 1000)
         assert [p["seq"] for p in preds] == list(range(w - 1, w + 20))
         ends = [p["seq"] for p in preds]
-        x = assemble_windows(np.arange(w + 20), rows, ends, m)
+        x, _ = assemble_windows(np.arange(w + 20), rows, ends, m)
         prob, rul = keras(x)
         np.testing.assert_allclose([p["probability"] for p in preds], prob, atol=1e-4)
         np.testing.assert_allclose([p["rul"] for p in preds], rul, atol=1e-2)

@@ -2,8 +2,10 @@
 
 Request body: `{"windows": [window, ...], "features": [name, ...]}` where a window is W rows of
 raw sensor values (the container's units); `features` names the columns and defaults to the
-manifest's order. Response: per window its probability, RUL, decision and the model version.
-Bad input is a 400 whose body says why; nothing else is a 400.
+manifest's `columns` (its features, then the operational settings a regime model needs).
+Response: per window its probability, RUL, decision, the count of its ticks out of every
+operating regime, and the model version. Bad input is a 400 whose body says why; nothing else
+is a 400.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import numpy as np
 from cloud_service.serverless import ServerlessError
 from cloud_service.serverless.model import get_model
 from contract.manifest import Manifest
+from contract.preprocess import OutOfRegimeLog, normalise
 
 log = logging.getLogger(__name__)
 MAX_WINDOWS = 256  # a request stays far under Lambda's 6 MB payload and 15 min limits
+REGIME_LOG = OutOfRegimeLog()  # at most a line a minute per warm instance
 
 
 class BadRequest(ServerlessError):
@@ -30,13 +34,13 @@ class BadRequest(ServerlessError):
 
 
 def parse_windows(body: Any, manifest: Manifest) -> np.ndarray:
-    """Raw windows (n, W, F) in the manifest's feature order, from a decoded JSON body (pure)."""
+    """Raw windows (n, W, C) in the manifest's column order, from a decoded JSON body (pure)."""
     if not isinstance(body, dict) or "windows" not in body:
         raise BadRequest('body must be a JSON object with "windows": [[[value, ...], ...], ...]')
     unknown = set(body) - {"windows", "features"}
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    wanted = list(manifest.features)
+    wanted = manifest.columns
     names = body.get("features", wanted)
     if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
             or len(set(names)) != len(names)):
@@ -63,14 +67,22 @@ def parse_windows(body: Any, manifest: Manifest) -> np.ndarray:
 
 
 def score(x: np.ndarray) -> dict:
-    """Scores of raw windows in manifest order: what the function answers."""
+    """Scores of raw windows in manifest column order: what the function answers."""
     loaded = get_model()
     manifest = loaded.manifest
-    prob, rul = loaded.model(manifest.normalisation.apply(x).astype(np.float32, copy=False))
+    inputs, far = normalise(x, manifest)
+    flagged = far.sum(axis=1)
+    if flagged.any():
+        line = REGIME_LOG.note(int(flagged.sum()), f"window {int(np.argmax(flagged > 0))} of "
+                                                   "a request")
+        if line:
+            log.warning("%s", line)
+    prob, rul = loaded.model(inputs)
     cut = manifest.thresholds.decision
     return {"model_version": manifest.version, "predictions": [
-        {"probability": float(p), "rul": float(r), "decision": "fault" if p >= cut else "normal"}
-        for p, r in zip(prob, rul, strict=True)]}
+        {"probability": float(p), "rul": float(r), "decision": "fault" if p >= cut else "normal",
+         "out_of_regime": int(n)}
+        for p, r, n in zip(prob, rul, flagged, strict=True)]}
 
 
 def _response(status: int, body: dict) -> dict:

@@ -48,9 +48,13 @@ from cloud_service.windows import (
     ticks_needed,
 )
 from contract.codec import DEFAULT_MAX_PAYLOAD
+from contract.preprocess import OutOfRegimeLog
 
 log = logging.getLogger(__name__)
 STORE_ENV = "PDM_STORE_URL"
+# Out-of-regime ticks are logged at most once a minute per warm instance (Lambda has no
+# Prometheus endpoint; the log is where they are seen).
+REGIME_LOG = OutOfRegimeLog()
 KEEP_BYTES = 4096  # of a refused payload, kept in the dead letter (as the container keeps)
 
 
@@ -124,12 +128,12 @@ def score_new_windows(store: Store, loaded: Loaded, inserted: list[Inserted],
     write = ScoreWrite()
     for key, todo in plan:
         t = ticks[key]
-        rows = np.zeros((len(t.seqs), len(manifest.features)), np.float32)
+        rows = np.zeros((len(t.seqs), len(manifest.columns)), np.float32)
         usable = np.ones(len(t.seqs), bool)
         for fs in np.unique(t.feature_sets):
             at = np.flatnonzero(t.feature_sets == fs)
             fm = maps.get(int(fs)) or maps.setdefault(
-                int(fs), FeatureMap.build(store.feature_set(int(fs)), manifest.features))
+                int(fs), FeatureMap.build(store.feature_set(int(fs)), manifest.columns))
             if fm.index is None:
                 usable[at] = False
                 continue
@@ -140,7 +144,13 @@ def score_new_windows(store: Store, loaded: Loaded, inserted: list[Inserted],
         if not good:
             log.warning("%s/%s: %d window(s) lack features the model needs", *key, len(todo))
             continue
-        prob, rul = loaded.model(assemble_windows(t.seqs, rows, good, manifest))
+        x, flagged = assemble_windows(t.seqs, rows, good, manifest)
+        if flagged.any():
+            line = REGIME_LOG.note(int(flagged.sum()), f"{key[0]}/{key[1]} seq "
+                                                       f"{good[int(np.argmax(flagged))]}")
+            if line:
+                log.warning("%s", line)
+        prob, rul = loaded.model(x)
         for end, p, r in zip(good, prob, rul, strict=True):
             i = int(np.searchsorted(t.seqs, end))
             ep, er = t.edge_probability[i], t.edge_rul[i]

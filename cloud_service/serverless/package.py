@@ -27,8 +27,8 @@ import json, sys
 import numpy as np
 from cloud_service.serverless import http
 m = http.get_model().manifest
-http.score(np.zeros((1, m.window, len(m.features)), np.float32) + np.asarray(
-    m.normalisation.offset, np.float32))
+from contract.preprocess import Normaliser
+http.score(Normaliser.of(m).neutral_rows(m.window)[None])
 import cloud_service.serverless.iot, awslambdaric
 import cloud_service.store.postgres, psycopg_pool  # the IoT function's store
 try:

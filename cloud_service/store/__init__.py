@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 
 from cloud_service.store.base import (
     PARTITION_SECONDS,
+    AlertAlreadyAcknowledged,
+    AlertNotFound,
+    AlertStore,
     DeliveryQueue,
     FleetReader,
     IngestStore,
@@ -36,6 +39,8 @@ from cloud_service.store.rows import (
     AssetScore,
     ClaimedDelivery,
     DeadLetterRow,
+    DriftCheck,
+    DriftEventRow,
     GatewayRow,
     Inserted,
     ModelRow,
@@ -49,6 +54,8 @@ from cloud_service.store.rows import (
     ShadowRow,
     StatusUpdate,
     StoredAlert,
+    StoredDrift,
+    StoredDriftEvent,
     StoredPrediction,
     TargetRequest,
     TickRow,
@@ -63,13 +70,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PARTITION_SECONDS", "AlertRow", "AssetKey", "AssetRow", "AssetScore", "ClaimedDelivery",
-    "DeadLetterRow", "DeliveryQueue", "FleetReader", "GatewayRow", "IngestStore", "Inserted",
-    "ModelConflict",
+    "PARTITION_SECONDS", "AlertAlreadyAcknowledged", "AlertNotFound", "AlertRow", "AlertStore",
+    "AssetKey", "AssetRow", "AssetScore", "ClaimedDelivery", "DeadLetterRow", "DeliveryQueue",
+    "DriftCheck", "DriftEventRow",
+    "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
     "ModelRow", "ModelStore", "PredictionRow", "Received", "ReportUpdate", "RolloutRow",
     "RolloutStore", "RolloutTargetRow", "ScoresStored", "ScoreWrite", "ScoringStore", "ShadowRow",
     "SqliteStore", "StatusUpdate", "Store", "StoreError", "StoreUnavailable", "StoreUrl",
-    "StoredAlert",
+    "StoredAlert", "StoredDrift", "StoredDriftEvent",
     "StoredPrediction", "TargetRequest", "TickRow", "WebhookDelivery", "WindowTicks", "open_store",
     "parse_store_url",
 ]

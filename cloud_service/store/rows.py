@@ -155,6 +155,39 @@ def without_assets(write: ScoreWrite, keys: set[AssetKey]) -> ScoreWrite:
 
 
 @dataclass(frozen=True)
+class DriftCheck:
+    """The latest drift judgement of one asset (contract/drift.py); `detail` is the report as
+    JSON (per feature PSI and state, ticks per regime, why it is unavailable)."""
+
+    gateway: str
+    asset: str
+    state: str
+    score: float | None
+    ticks: int
+    last_seq: int | None
+    checked_at: float
+    model_version: str
+    detail: str
+
+    @property
+    def key(self) -> AssetKey:
+        return (self.gateway, self.asset)
+
+
+@dataclass(frozen=True)
+class DriftEventRow:
+    """An asset crossed the drift threshold (`raised`) or came back under it (`cleared`)."""
+
+    gateway: str
+    asset: str
+    kind: str
+    score: float | None
+    features: str  # JSON list of the drifting features
+    model_version: str
+    at: float
+
+
+@dataclass(frozen=True)
 class ScoresStored:
     """What a fenced score write did: assets refused (another replica owns them now) and
     predictions that were already stored (a window scored twice; never expected)."""
@@ -251,6 +284,32 @@ class StoredAlert(TypedDict):
     model_version: str | None
     tick_time: float | None
     published_at: float
+    acknowledged_by: str | None
+    acknowledged_at: float | None
+    ack_note: str | None
+
+
+class StoredDrift(TypedDict):
+    gateway: str
+    asset: str
+    state: str
+    score: float | None
+    ticks: int
+    last_seq: int | None
+    checked_at: float
+    model_version: str | None
+    detail: str  # JSON
+
+
+class StoredDriftEvent(TypedDict):
+    id: int
+    gateway: str
+    asset: str
+    kind: str
+    score: float | None
+    features: str  # JSON list
+    model_version: str | None
+    at: float
 
 
 class DeadLetterRow(TypedDict):

@@ -38,6 +38,8 @@ from cloud_service.store.reads import SharedReads
 from cloud_service.store.rows import (
     AssetKey,
     ClaimedDelivery,
+    DriftCheck,
+    DriftEventRow,
     Inserted,
     ModelRow,
     Received,
@@ -233,7 +235,39 @@ ALTER TABLE "assets" ADD COLUMN "cloud_pending_count" INTEGER;
 ALTER TABLE "predictions" ADD COLUMN "scored_by" TEXT;
 CREATE INDEX IF NOT EXISTS "idx_assets_owner_last_seen" ON "assets" ("owner", "last_seen");
     """,
-    # 4: the webhook delivery queue: one row per alert and webhook, claimed by one replica at
+    # 4: an operator acknowledges an alert: who, when, and a note.
+    """
+ALTER TABLE "alerts" ADD COLUMN "acknowledged_by" TEXT;
+ALTER TABLE "alerts" ADD COLUMN "acknowledged_at" REAL;
+ALTER TABLE "alerts" ADD COLUMN "ack_note" TEXT;
+    """,
+    # 5: input drift: each asset's latest check, and the events when it crossed the threshold.
+    """
+CREATE TABLE IF NOT EXISTS "asset_drift" (
+   "gateway" TEXT,
+   "asset" TEXT,
+   "state" TEXT NOT NULL,
+   "score" REAL,
+   "ticks" INTEGER NOT NULL,
+   "last_seq" INTEGER,
+   "checked_at" REAL NOT NULL,
+   "model_version" TEXT,
+   "detail" TEXT NOT NULL,
+   PRIMARY KEY ("gateway", "asset")
+);
+CREATE TABLE IF NOT EXISTS "drift_events" (
+   "id" INTEGER PRIMARY KEY,
+   "gateway" TEXT NOT NULL,
+   "asset" TEXT NOT NULL,
+   "kind" TEXT NOT NULL,
+   "score" REAL,
+   "features" TEXT NOT NULL,
+   "model_version" TEXT,
+   "at" REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "idx_drift_events_asset" ON "drift_events" ("gateway", "asset");
+    """,
+    # 6: the webhook delivery queue: one row per alert and webhook, claimed by one replica at
     # a time, kept (delivered or failed) as the record of what was sent.
     """
 CREATE TABLE IF NOT EXISTS "webhook_deliveries" (
@@ -630,6 +664,33 @@ class SqliteStore(SharedReads):
         (n,) = self._db().conn.execute(
             "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'").fetchone()
         return int(n)
+    def write_drift(self, checks: Sequence[DriftCheck], events: Sequence[DriftEventRow],
+                    owner: str | None = None) -> set[AssetKey]:
+        """Store drift checks and events; with `owner`, only for the assets that replica still
+        owns (checked in the transaction). Returns the assets refused."""
+        with self._write() as conn:
+            refused: set[AssetKey] = set()
+            if owner is not None:
+                for key in {c.key for c in checks} | {(e.gateway, e.asset) for e in events}:
+                    row = conn.execute("SELECT owner FROM assets WHERE gateway = ? AND asset = ?",
+                                       key).fetchone()
+                    if row is None or row[0] != owner:
+                        refused.add(key)
+            conn.executemany(
+                "INSERT INTO asset_drift (gateway, asset, state, score, ticks, last_seq, "
+                "checked_at, model_version, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (gateway, asset) DO UPDATE SET state = excluded.state, "
+                "score = excluded.score, ticks = excluded.ticks, last_seq = excluded.last_seq, "
+                "checked_at = excluded.checked_at, model_version = excluded.model_version, "
+                "detail = excluded.detail",
+                [(c.gateway, c.asset, c.state, c.score, c.ticks, c.last_seq, c.checked_at,
+                  c.model_version, c.detail) for c in checks if c.key not in refused])
+            conn.executemany(
+                "INSERT INTO drift_events (gateway, asset, kind, score, features, model_version, "
+                "at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.gateway, e.asset, e.kind, e.score, e.features, e.model_version, e.at)
+                 for e in events if (e.gateway, e.asset) not in refused])
+        return refused
 
     # -- ownership (cloud_service/ownership.py) ---------------------------------------------
 
