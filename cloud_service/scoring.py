@@ -8,7 +8,8 @@ per asset, rebuilds those windows from the stored ticks, normalises them per the
 runs the float model once per batch across assets. Each prediction is stored with the edge's
 score of the same window and their difference. An alert machine per asset (fed in seq order)
 turns the scores into cloud alert events, which are stored, with the machine's state, only while
-this replica still owns the asset, and then published. Nothing is dropped: a replica that takes
+this replica still owns the asset, and then published; the webhook deliveries of each alert
+(`notifications.py`) are queued in the same transaction. Nothing is dropped: a replica that takes
 an asset over continues from the stored machine state and the first window without a
 prediction.
 """
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import numpy as np
 
@@ -44,6 +46,7 @@ from cloud_service.store import (
     ScoreWrite,
     ScoringStore,
     StoreError,
+    WebhookDelivery,
     WindowTicks,
 )
 from cloud_service.windows import (
@@ -74,13 +77,27 @@ FULL_SCAN_EVERY = 10.0
 SCAN_MARGIN = 5.0
 
 
+class AlertNotifier(Protocol):
+    """Who hears of cloud alerts beyond MQTT (`notifications.WebhookSender`)."""
+
+    def plan(self, event: AlertEvent) -> list[WebhookDelivery]:
+        """Queue rows to store with the alert."""
+        ...
+
+    def wake(self) -> None:
+        """Rows were queued."""
+        ...
+
+
 class Scorer:
     def __init__(self, store: ScoringStore, model: BatchModel, manifest: Manifest, metrics: Metrics,
                  publish: Publish, batch_max: int = 512, max_delay: float = 0.05,
                  clock: Callable[[], float] = time.time, replica: str = "local",
                  lease_seconds: float = 10.0, gap_wait: float = 60.0,
-                 scan_interval: float = 0.25, drift: DriftOptions | None = None) -> None:
+                 scan_interval: float = 0.25, drift: DriftOptions | None = None,
+                 notifier: AlertNotifier | None = None) -> None:
         self.store = store
+        self.notifier = notifier
         self.model = model
         self.manifest = manifest
         self.metrics = metrics
@@ -254,6 +271,7 @@ class Scorer:
                      membership.live_replicas)
         self.owned = now_owned
         self.metrics.assets_owned.set(len(now_owned))
+        self.metrics.count_asset_states(m.state.value for m in self._machines.values())
         self.metrics.replicas_live.set(membership.live_replicas)
         self.metrics.leader.set(int(membership.leader))
         self._next_beat = now + self.lease_seconds / 4
@@ -552,6 +570,8 @@ class Scorer:
                              codec.encode_json(event))
             except Exception:
                 log.exception("publishing a cloud alert failed (it is stored)")
+        if events and self.notifier is not None:
+            self.notifier.wake()
         return i + len(unusable)
 
     def _count_out_of_regime(self, far: list[tuple[AssetKey, np.ndarray]]) -> None:
@@ -659,6 +679,8 @@ class Scorer:
                 old_state=transition.old.value, new_state=transition.new.value, probability=p,
                 rul=r, model_version=self.manifest.version, tick_time=tick_time,
                 published_at=now))
+            if self.notifier is not None:
+                write.deliveries.extend(self.notifier.plan(event))
         saved: MachineState = machine.snapshot()
         score = AssetScore(key=key, seq=seq, probability=p, rul=r, state=machine.state.value,
                            state_since=self._since[key], model_version=self.manifest.version,

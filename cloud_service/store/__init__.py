@@ -19,6 +19,7 @@ from cloud_service.store.base import (
     AlertAlreadyAcknowledged,
     AlertNotFound,
     AlertStore,
+    DeliveryQueue,
     FleetReader,
     IngestStore,
     ModelConflict,
@@ -36,6 +37,7 @@ from cloud_service.store.rows import (
     AssetKey,
     AssetRow,
     AssetScore,
+    ClaimedDelivery,
     DeadLetterRow,
     DriftCheck,
     DriftEventRow,
@@ -57,6 +59,7 @@ from cloud_service.store.rows import (
     StoredPrediction,
     TargetRequest,
     TickRow,
+    WebhookDelivery,
     WindowTicks,
 )
 from cloud_service.store.sqlite import SqliteStore
@@ -68,13 +71,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PARTITION_SECONDS", "AlertAlreadyAcknowledged", "AlertNotFound", "AlertRow", "AlertStore",
-    "AssetKey", "AssetRow", "AssetScore", "DeadLetterRow", "DriftCheck", "DriftEventRow",
+    "AssetKey", "AssetRow", "AssetScore", "ClaimedDelivery", "DeadLetterRow", "DeliveryQueue",
+    "DriftCheck", "DriftEventRow",
     "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
     "ModelRow", "ModelStore", "PredictionRow", "Received", "ReportUpdate", "RolloutRow",
     "RolloutStore", "RolloutTargetRow", "ScoresStored", "ScoreWrite", "ScoringStore", "ShadowRow",
     "SqliteStore", "StatusUpdate", "Store", "StoreError", "StoreUnavailable", "StoreUrl",
     "StoredAlert", "StoredDrift", "StoredDriftEvent",
-    "StoredPrediction", "TargetRequest", "TickRow", "WindowTicks", "open_store",
+    "StoredPrediction", "TargetRequest", "TickRow", "WebhookDelivery", "WindowTicks", "open_store",
     "parse_store_url",
 ]
 

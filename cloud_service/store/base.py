@@ -21,6 +21,7 @@ from cloud_service.ownership import Membership, OwnedAsset
 from cloud_service.store.rows import (
     AssetKey,
     AssetRow,
+    ClaimedDelivery,
     DeadLetterRow,
     DriftCheck,
     DriftEventRow,
@@ -220,8 +221,31 @@ class RolloutStore(Protocol):
                        steps: dict[str, tuple[str, str | None]]) -> None: ...
 
 
+class DeliveryQueue(Protocol):
+    """The webhook delivery queue (`notifications.py`). Deliveries enter it with their alert
+    (`write_scores`); a claim makes one replica their only sender for a while."""
+
+    def claim_deliveries(self, replica: str, limit: int, hold: float) -> list[ClaimedDelivery]:
+        """Up to `limit` deliveries that are due and not claimed by a live claim, held by
+        `replica` for `hold` seconds; oldest due first."""
+        ...
+
+    def finish_delivery(self, delivery: int, replica: str, delivered: bool,
+                        error: str | None = None) -> bool:
+        """Delivered, or given up; False if the claim had lapsed to another replica."""
+        ...
+
+    def retry_delivery(self, delivery: int, replica: str, delay: float, error: str) -> bool:
+        """Count a failed attempt and make the delivery due again in `delay` seconds."""
+        ...
+
+    def pending_deliveries(self) -> int:
+        """Deliveries not yet delivered nor given up (the queue's depth)."""
+        ...
+
+
 class Store(IngestStore, ScoringStore, FleetReader, AlertStore, ModelStore, RolloutStore,
-            Protocol):
+            DeliveryQueue, Protocol):
     """Everything, for the service that owns the store."""
 
     where: str  # StoreUrl.describe(): for messages

@@ -37,6 +37,7 @@ from cloud_service.store.base import (
 from cloud_service.store.reads import SharedReads
 from cloud_service.store.rows import (
     AssetKey,
+    ClaimedDelivery,
     DriftCheck,
     DriftEventRow,
     Inserted,
@@ -49,8 +50,10 @@ from cloud_service.store.rows import (
     ShadowRow,
     StatusUpdate,
     TargetRequest,
+    WebhookDelivery,
     WindowTicks,
     without_assets,
+    written_assets,
 )
 
 BUSY_TIMEOUT_MS = 30_000
@@ -263,6 +266,28 @@ CREATE TABLE IF NOT EXISTS "drift_events" (
    "at" REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS "idx_drift_events_asset" ON "drift_events" ("gateway", "asset");
+    """,
+    # 6: the webhook delivery queue: one row per alert and webhook, claimed by one replica at
+    # a time, kept (delivered or failed) as the record of what was sent.
+    """
+CREATE TABLE IF NOT EXISTS "webhook_deliveries" (
+   "id" INTEGER PRIMARY KEY,
+   "delivery_id" TEXT NOT NULL UNIQUE,
+   "webhook" TEXT NOT NULL,
+   "gateway" TEXT NOT NULL,
+   "asset" TEXT NOT NULL,
+   "event" TEXT NOT NULL,
+   "created_at" REAL NOT NULL,
+   "status" TEXT NOT NULL DEFAULT 'pending',
+   "attempts" INTEGER NOT NULL DEFAULT 0,
+   "next_attempt_at" REAL NOT NULL,
+   "claimed_by" TEXT,
+   "claimed_until" REAL,
+   "finished_at" REAL,
+   "last_error" TEXT
+);
+CREATE INDEX IF NOT EXISTS "idx_webhook_deliveries_due"
+    ON "webhook_deliveries" ("status", "next_attempt_at");
     """,
 ]
 
@@ -557,8 +582,7 @@ class SqliteStore(SharedReads):
         with self._write() as conn:
             refused: set[AssetKey] = set()
             if owner is not None:
-                keys = ({(p.gateway, p.asset) for p in write.predictions}
-                        | {a.key for a in write.assets})
+                keys = written_assets(write)
                 for key in keys:
                     row = conn.execute("SELECT owner FROM assets WHERE gateway = ? AND asset = ?",
                                        key).fetchone()
@@ -591,8 +615,55 @@ class SqliteStore(SharedReads):
                 [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
                   a.scored_at, a.pending, a.pending_count, *a.key, a.seq)
                  for a in write.assets])
+            self._queue_deliveries(conn, write.deliveries)
         return ScoresStored(refused, duplicates)
 
+    # -- webhook deliveries (cloud_service/notifications.py) --------------------------------
+
+    @staticmethod
+    def _queue_deliveries(conn: sqlite3.Connection, deliveries: list[WebhookDelivery]) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO webhook_deliveries (delivery_id, webhook, gateway, asset, "
+            "event, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(d.delivery_id, d.webhook, d.gateway, d.asset, d.event, d.created_at,
+              d.created_at) for d in deliveries])
+
+    def claim_deliveries(self, replica: str, limit: int, hold: float) -> list[ClaimedDelivery]:
+        now = time.time()
+        with self._write() as conn:  # the write lock orders claims: no row goes to two
+            rows = conn.execute(
+                "UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ? "
+                "WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' "
+                "AND next_attempt_at <= ? AND coalesce(claimed_until, 0) < ? "
+                "ORDER BY next_attempt_at, id LIMIT ?) "
+                "RETURNING id, delivery_id, webhook, event, attempts, created_at",
+                (replica, now + hold, now, now, limit)).fetchall()
+        return sorted((ClaimedDelivery(*row) for row in rows), key=lambda d: d.id)
+
+    def finish_delivery(self, delivery: int, replica: str, delivered: bool,
+                        error: str | None = None) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                "UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, "
+                "finished_at = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL "
+                "WHERE id = ? AND claimed_by = ? AND status = 'pending'",
+                ("delivered" if delivered else "failed", time.time(), error, delivery,
+                 replica)).rowcount
+        return done == 1
+
+    def retry_delivery(self, delivery: int, replica: str, delay: float, error: str) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?, "
+                "last_error = ?, claimed_by = NULL, claimed_until = NULL "
+                "WHERE id = ? AND claimed_by = ? AND status = 'pending'",
+                (time.time() + delay, error, delivery, replica)).rowcount
+        return done == 1
+
+    def pending_deliveries(self) -> int:
+        (n,) = self._db().conn.execute(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'").fetchone()
+        return int(n)
     def write_drift(self, checks: Sequence[DriftCheck], events: Sequence[DriftEventRow],
                     owner: str | None = None) -> set[AssetKey]:
         """Store drift checks and events; with `owner`, only for the assets that replica still
