@@ -8,19 +8,21 @@ import os
 import socket
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from cloud_service.drift import DriftOptions
 from contract.bundle import load_private_key
 from contract.codec import DEFAULT_MAX_PAYLOAD
+from contract.drift import DriftSettings
+from contract.payloads import AlertState
 from contract.settings import ConfigError as ConfigError  # re-exported for callers
 from contract.settings import FileSettings, Section, TlsConfig, load_settings
 from contract.topics import check_id
 
 ENV_PREFIX = "PDM_CLOUD_"
-
-
 
 
 class BrokerConfig(Section):
@@ -153,6 +155,38 @@ class ScoringConfig(Section):
         0.25, gt=0, le=60, description="seconds between looks for ticks other replicas stored")
 
 
+class DriftConfig(Section):
+    """Input drift checks against the model's training statistics (docs/cloud.md)."""
+
+    enabled: bool = Field(True, description="check each asset's recent inputs for drift")
+    window: int = Field(200, ge=10, le=100_000, description="recent ticks compared per asset")
+    min_ticks: int = Field(50, ge=1, description="fewer recent ticks than this: not judged")
+    watch: float = Field(0.1, gt=0, description="PSI from which a feature is 'watch'")
+    drift: float = Field(0.25, gt=0, description="PSI from which a feature is 'drift'")
+    feature_share: float = Field(
+        0.5, gt=0, le=1, description="share of the features that must drift for the asset "
+                                     "to drift (its score is that feature's PSI)")
+    interval: float = Field(30, ge=0, le=86_400,
+                            description="seconds before an asset is checked again")
+    batch: int = Field(64, ge=1, le=10_000,
+                       description="assets checked at a time, between scoring batches")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftConfig:
+        if self.watch > self.drift:
+            raise ValueError("watch must be <= drift")
+        return self
+
+    def options(self) -> DriftOptions | None:
+        """What the scorer needs; None when drift checks are off."""
+        if not self.enabled:
+            return None
+        return DriftOptions(DriftSettings(watch=self.watch, drift=self.drift,
+                                          min_ticks=self.min_ticks,
+                                          feature_share=self.feature_share),
+                            window=self.window, interval=self.interval, batch=self.batch)
+
+
 class IngestConfig(Section):
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD, ge=1024)
     commit_max_messages: int = Field(
@@ -178,6 +212,81 @@ class ApiConfig(Section):
         description="when set, the read routes under /api/v1 need this bearer token (or "
                     "api_token); /healthz, /readyz, /metrics and the docs stay open "
                     "(PDM_CLOUD_API__READ_TOKEN)")
+
+
+class WebhookConfig(Section):
+    """One receiver of alert notifications (an incident tool, a chat channel)."""
+
+    name: str = Field(description="names the webhook in metrics, logs and the delivery queue "
+                                  "(the URL, often a secret itself, appears in none of them)")
+    url: SecretStr = Field(description="http(s) address the alerts are POSTed to")
+    format: Literal["generic", "slack"] = Field(
+        "generic", description="generic: the alert as JSON; slack: a Slack-compatible "
+                               "message ({text, blocks}) for an incoming webhook")
+    severities: list[AlertState] = Field(
+        default_factory=lambda: [AlertState.WARNING, AlertState.CRITICAL], min_length=1,
+        description="alert states (the state an asset moves to) this webhook receives; add "
+                    "NORMAL to hear when an asset recovers")
+    secret: SecretStr | None = Field(
+        None, min_length=16, description="when set, each body is signed with HMAC-SHA256 in "
+                                         "X-PDM-Signature: sha256=<hex>")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="extra request headers (e.g. Authorization)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return check_id(v, "webhook name")
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr) -> SecretStr:
+        parts = urlsplit(v.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return v
+
+    @field_validator("severities")
+    @classmethod
+    def _unique(cls, v: list[AlertState]) -> list[AlertState]:
+        return list(dict.fromkeys(v))
+
+
+class NotificationsConfig(Section):
+    """Alert webhooks. Deliveries are queued in the store with the alert (so a receiver that
+    is down, or a restart, loses none) and sent by a worker, retried with backoff."""
+
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    timeout: float = Field(5, gt=0, le=120, description="seconds one POST may take")
+    retry_min_delay: float = Field(
+        2, gt=0, le=3600, description="seconds before the first retry; each next one waits "
+                                      "twice as long (with jitter) up to retry_max_delay")
+    retry_max_delay: float = Field(300, gt=0, le=86_400)
+    give_up_after: float = Field(
+        86_400, gt=0, description="seconds after the alert that a delivery still failing is "
+                                  "given up (counted, kept in the store as failed)")
+    poll_interval: float = Field(
+        1, gt=0, le=60, description="seconds between looks for deliveries due (new alerts "
+                                    "of this replica wake the worker at once)")
+    batch: int = Field(16, ge=1, le=1000, description="deliveries claimed at a time")
+
+    @field_validator("webhooks")
+    @classmethod
+    def _distinct(cls, v: list[WebhookConfig]) -> list[WebhookConfig]:
+        names = [w.name for w in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"webhook names must differ: {', '.join(twice)} given twice")
+        return v
+
+    @model_validator(mode="after")
+    def _delays(self) -> NotificationsConfig:
+        if self.retry_max_delay < self.retry_min_delay:
+            raise ValueError("retry_max_delay must be at least retry_min_delay")
+        return self
 
 
 class LogConfig(Section):
@@ -209,6 +318,7 @@ class CloudConfig(FileSettings):
         min_length=16)
     api: ApiConfig = ApiConfig()
     scoring: ScoringConfig = ScoringConfig()
+    drift: DriftConfig = DriftConfig()
     ingest: IngestConfig = IngestConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()
     http: HttpConfig = HttpConfig()
@@ -216,6 +326,7 @@ class CloudConfig(FileSettings):
         None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
         description="the API's address as gateways reach it, for the bundle URLs in model "
                     "announcements; default: the address the rollout request came to")
+    notifications: NotificationsConfig = NotificationsConfig()
     log: LogConfig = LogConfig()
 
     @field_validator("share_group")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cloud_service.deadletters import REASONS
+from contract.payloads import AlertState
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -70,7 +72,7 @@ class Metrics:
         self.store_errors = Counter("pdm_cloud_store_errors", "store operations that failed "
                                     "(connection lost, database down, disk full) and were "
                                     "retried, by caller", ["caller"], registry=r)
-        for caller in ("ingest", "scoring", "readiness", "retention"):
+        for caller in ("ingest", "scoring", "readiness", "retention", "webhooks"):
             self.store_errors.labels(caller)
         self.store_up = Gauge("pdm_cloud_store_up", "1 while the store took a write at the "
                               "last readiness check", registry=r)
@@ -79,6 +81,11 @@ class Metrics:
                                          registry=r)
         self.assets_owned = Gauge("pdm_cloud_assets_owned", "assets this replica scores",
                                   registry=r)
+        self.asset_states = Gauge("pdm_cloud_assets_by_state", "assets this replica scores, "
+                                  "by cloud alert state (the fleet: the sum over replicas)",
+                                  ["state"], registry=r)
+        for state in AlertState:
+            self.asset_states.labels(state.value)
         self.replicas_live = Gauge("pdm_cloud_replicas_live", "replicas holding a live lease",
                                    registry=r)
         self.leader = Gauge("pdm_cloud_leader", "1 while this replica holds the leader lease",
@@ -92,8 +99,47 @@ class Metrics:
         self.window_gaps_skipped = Counter("pdm_cloud_window_gaps_skipped", "holes in an "
                                            "asset's ticks given up on after scoring.gap_wait",
                                            registry=r)
+        self.webhook_deliveries = Counter(
+            "pdm_cloud_webhook_deliveries", "webhook delivery attempts, by webhook and outcome "
+            "(delivered; failed: retried later; gave_up: failing past give_up_after, or "
+            "unsendable)", ["webhook", "outcome"], registry=r)
+        self.webhook_failures = Counter(
+            "pdm_cloud_webhook_failures", "failed webhook attempts, by webhook and reason "
+            "(http_<status>, timeout, connect, unsendable)", ["webhook", "reason"], registry=r)
+        self.webhook_queue = Gauge("pdm_cloud_webhook_queue_depth", "webhook deliveries "
+                                   "queued in the store, not yet delivered nor given up (the "
+                                   "whole fleet's queue, as this replica last saw it)",
+                                   registry=r)
+        self.webhook_seconds = Histogram("pdm_cloud_webhook_request_seconds",
+                                         "seconds per webhook POST, answered or not",
+                                         ["webhook"], buckets=LATENCY_BUCKETS + (10, 30),
+                                         registry=r)
+        self.drift_psi = Gauge("pdm_cloud_drift_psi", "input drift: the largest PSI of each "
+                               "feature over the assets this replica scores (contract/drift.py)",
+                               ["feature"], registry=r)
+        self.assets_drifting = Gauge("pdm_cloud_assets_drifting", "assets this replica scores "
+                                     "whose inputs drift from the training data", registry=r)
+        self.drift_events = Counter("pdm_cloud_drift_events", "assets crossing the drift "
+                                    "threshold (raised) or coming back under it (cleared)",
+                                    ["kind"], registry=r)
+        for kind in ("raised", "cleared"):
+            self.drift_events.labels(kind)
+        self.drift_checks = Counter("pdm_cloud_drift_checks", "asset drift checks made",
+                                    registry=r)
+        self.drift_check_seconds = Histogram("pdm_cloud_drift_check_seconds",
+                                             "seconds per drift step (up to drift.batch assets: "
+                                             "read, compare, store)",
+                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.ui_sign_ins = Counter("pdm_cloud_ui_sign_ins", "web UI sign-ins, by result "
+                                   "(accepted, refused: a wrong or empty token)", ["result"],
+                                   registry=r)
         self.model_loaded = Gauge("pdm_cloud_model_info", "the model the cloud scores with",
                                   ["version"], registry=r)
+
+    def count_asset_states(self, states: Iterable[str]) -> None:
+        counts = collections.Counter(states)
+        for state in AlertState:
+            self.asset_states.labels(state.value).set(counts.get(state.value, 0))
 
     def track_backlog(self, fn: Callable[[], float]) -> None:
         self.backlog.set_function(fn)

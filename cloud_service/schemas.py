@@ -7,6 +7,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
 class Gateway(BaseModel):
     gateway: str
     online: bool | None = Field(None, description="from the retained status; None: never sent")
@@ -36,6 +40,9 @@ class Asset(BaseModel):
     edge_rul: float | None = None
     edge_seq: int | None = None
     edge_model_version: str | None = None
+    drift_state: str | None = Field(None, description="input drift: ok, watch, drift or "
+                                                      "unavailable; None: not checked yet")
+    drift_score: float | None = Field(None, description="the PSI that decides drift_state")
 
 
 class Tick(BaseModel):
@@ -87,10 +94,77 @@ class Alert(BaseModel):
     model_version: str
     tick_time: float
     published_at: float
+    acknowledged: bool = False
+    acknowledged_by: str | None = Field(None, description="the operator who acknowledged it")
+    acknowledged_at: float | None = Field(None, description="when (epoch s, the service's "
+                                                            "clock)")
+    ack_note: str | None = Field(None, description="the note given with the acknowledgement")
+
+
+class AcknowledgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(min_length=1, max_length=64, pattern=r"\S",
+                    description="the operator's name (not blank)")
+    note: str = Field("", max_length=2000, description="what was done or found")
 
 
 class AlertPage(BaseModel):
     items: list[Alert]
+    next_after_id: int | None = None
+
+
+DriftStateName = Literal["ok", "watch", "drift", "unavailable"]
+
+
+class FeatureDrift(BaseModel):
+    feature: str
+    psi: float = Field(description="population stability index against the training data")
+    state: DriftStateName
+    regime_psi: list[float | None] = Field(
+        description="per operating regime (one entry without regimes); None: no recent tick "
+                    "in that regime")
+
+
+class DriftThresholds(BaseModel):
+    watch: float
+    drift: float
+    min_ticks: int
+    feature_share: float
+
+
+class AssetDrift(BaseModel):
+    gateway: str
+    asset: str
+    state: DriftStateName
+    score: float | None = Field(None, description="the PSI that decides the state: the "
+                                                  "feature_share quantile of the features' PSI")
+    reason: str | None = Field(None, description="why the state is unavailable")
+    ticks: int = Field(0, description="recent ticks compared")
+    last_seq: int | None = Field(None, description="seq of the newest tick compared")
+    checked_at: float | None = None
+    model_version: str | None = None
+    window: int | None = Field(None, description="recent ticks compared at most")
+    thresholds: DriftThresholds | None = None
+    regime_ticks: list[int] = Field([], description="recent ticks per operating regime")
+    out_of_regime: int = Field(0, description="recent ticks far from every regime")
+    features: list[FeatureDrift] = []
+
+
+class DriftEvent(BaseModel):
+    id: int
+    gateway: str
+    asset: str
+    kind: Literal["raised", "cleared"] = Field(
+        description="raised: the asset crossed into drift; cleared: it came back under it")
+    score: float | None = None
+    features: list[str] = Field(description="the features in drift at the time")
+    model_version: str | None = None
+    at: float
+
+
+class DriftEventPage(BaseModel):
+    items: list[DriftEvent]
     next_after_id: int | None = None
 
 

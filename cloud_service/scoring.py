@@ -8,7 +8,8 @@ per asset, rebuilds those windows from the stored ticks, normalises them per the
 runs the float model once per batch across assets. Each prediction is stored with the edge's
 score of the same window and their difference. An alert machine per asset (fed in seq order)
 turns the scores into cloud alert events, which are stored, with the machine's state, only while
-this replica still owns the asset, and then published. Nothing is dropped: a replica that takes
+this replica still owns the asset, and then published; the webhook deliveries of each alert
+(`notifications.py`) are queued in the same transaction. Nothing is dropped: a replica that takes
 an asset over continues from the stored machine state and the first window without a
 prediction.
 """
@@ -21,9 +22,11 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import numpy as np
 
+from cloud_service.drift import DriftMonitor, DriftOptions
 from cloud_service.metrics import Metrics
 from cloud_service.ownership import (
     OwnedAsset,
@@ -43,6 +46,7 @@ from cloud_service.store import (
     ScoreWrite,
     ScoringStore,
     StoreError,
+    WebhookDelivery,
     WindowTicks,
 )
 from cloud_service.windows import (
@@ -73,13 +77,27 @@ FULL_SCAN_EVERY = 10.0
 SCAN_MARGIN = 5.0
 
 
+class AlertNotifier(Protocol):
+    """Who hears of cloud alerts beyond MQTT (`notifications.WebhookSender`)."""
+
+    def plan(self, event: AlertEvent) -> list[WebhookDelivery]:
+        """Queue rows to store with the alert."""
+        ...
+
+    def wake(self) -> None:
+        """Rows were queued."""
+        ...
+
+
 class Scorer:
     def __init__(self, store: ScoringStore, model: BatchModel, manifest: Manifest, metrics: Metrics,
                  publish: Publish, batch_max: int = 512, max_delay: float = 0.05,
                  clock: Callable[[], float] = time.time, replica: str = "local",
                  lease_seconds: float = 10.0, gap_wait: float = 60.0,
-                 scan_interval: float = 0.25) -> None:
+                 scan_interval: float = 0.25, drift: DriftOptions | None = None,
+                 notifier: AlertNotifier | None = None) -> None:
         self.store = store
+        self.notifier = notifier
         self.model = model
         self.manifest = manifest
         self.metrics = metrics
@@ -125,6 +143,8 @@ class Scorer:
         thresholds = manifest.thresholds.model_dump()
         self._thresholds = {k: float(v) for k, v in thresholds.items() if v is not None}
         metrics.track_backlog(self.backlog)
+        self.drift = None if drift is None else DriftMonitor(
+            store, manifest, metrics, drift, self._rows_in_model_order, clock)
 
     # -- interface for ingest and the service ----------------------------------------------
 
@@ -180,6 +200,7 @@ class Scorer:
                     self._stopping.wait(0.5)
                     continue
                 self.step(wait=True)
+                self.check_drift()
                 self.last_error = None
             except Exception as exc:  # keep scoring; the windows stay pending in the store
                 if isinstance(exc, StoreError):
@@ -250,6 +271,7 @@ class Scorer:
                      membership.live_replicas)
         self.owned = now_owned
         self.metrics.assets_owned.set(len(now_owned))
+        self.metrics.count_asset_states(m.state.value for m in self._machines.values())
         self.metrics.replicas_live.set(membership.live_replicas)
         self.metrics.leader.set(int(membership.leader))
         self._next_beat = now + self.lease_seconds / 4
@@ -315,6 +337,8 @@ class Scorer:
         with self._cond:
             self._dirty.pop(key, None)
         self.owned.discard(key)
+        if self.drift is not None:
+            self.drift.forget(key)
 
     def step(self, wait: bool = False) -> int:
         """Answer escalations, expand new ticks into windows and score one batch. Returns
@@ -357,9 +381,18 @@ class Scorer:
         total = 0
         while True:
             n = self.step()
+            self.check_drift()
             if not n and not len(self.pending) and not self._dirty:
                 return total
             total += n
+
+    def check_drift(self) -> int:
+        """Check the input drift of the owned assets that are due (a few at a time, between
+        scoring batches); returns the assets checked."""
+        if self.drift is None:
+            return 0
+        return self.drift.step({key: self._last_seq[key] for key in self.owned
+                                if key in self._last_seq}, owner=self.replica)
 
     def _expand(self) -> None:
         with self._cond:
@@ -439,7 +472,7 @@ class Scorer:
     def _score(self, taken: dict[AssetKey, list[int]]) -> int:
         w = self.window
         inputs: list[np.ndarray] = []
-        far: list[tuple[AssetKey, int, np.ndarray]] = []  # ticks out of every regime
+        far: list[tuple[AssetKey, np.ndarray]] = []  # window ends out of every regime
         plan: list[tuple[AssetKey, WindowTicks, list[int], list[int]]] = []
         unusable: list[tuple[AssetKey, WindowTicks, int, str]] = []
         ticks_of = self.store.windows_ticks(
@@ -461,8 +494,7 @@ class Scorer:
                 x, flagged = assemble_windows(t.seqs, rows, good, self.manifest)
                 inputs.append(x)
                 if flagged.any():
-                    far.append((key, int(flagged.sum()),
-                                np.asarray(good)[flagged]))
+                    far.append((key, np.asarray(good)[flagged]))
                 plan.append((key, t, good, positions))
         scored_at = self.clock()
         prob = rul = np.empty(0, np.float32)
@@ -538,15 +570,17 @@ class Scorer:
                              codec.encode_json(event))
             except Exception:
                 log.exception("publishing a cloud alert failed (it is stored)")
+        if events and self.notifier is not None:
+            self.notifier.wake()
         return i + len(unusable)
 
-    def _count_out_of_regime(self, far: list[tuple[AssetKey, int, np.ndarray]]) -> None:
+    def _count_out_of_regime(self, far: list[tuple[AssetKey, np.ndarray]]) -> None:
         """Count (and now and then log) scored ticks whose settings fit no regime."""
-        total = sum(n for _, n, _ in far)
+        total = sum(len(seqs) for _, seqs in far)
         if not total:
             return
         self.metrics.out_of_regime.inc(total)
-        (gateway, asset), _, seqs = far[0]
+        (gateway, asset), seqs = far[0]
         line = self._regime_log.note(total, f"{gateway}/{asset} seq {int(seqs[0])}")
         if line:
             log.warning("%s", line)
@@ -575,8 +609,8 @@ class Scorer:
 
     def answer_escalations(self) -> int:
         """Score the escalated windows in one model call and publish each verdict on the
-        asset's cloud-alert topic. Verdicts are not stored: the same window is scored again,
-        in order, when its normal batch arrives."""
+        asset's verdict topic (cloud-alert carries state changes only). Verdicts are not
+        stored: the same window is scored again, in order, when its normal batch arrives."""
         with self._cond:
             urgent, self._urgent = self._urgent, []
         if not urgent:
@@ -614,7 +648,7 @@ class Scorer:
                 tick_time=float(t.times[-1]), published_at=now,
                 latency_ms=max(0.0, (now - float(t.received_at[-1])) * 1000))
             try:
-                self.publish(topics.cloud_alert(*key), codec.encode_json(event))
+                self.publish(topics.verdict(*key), codec.encode_json(event))
             except Exception:
                 log.exception("publishing a verdict failed")
         return len(answered)
@@ -645,6 +679,8 @@ class Scorer:
                 old_state=transition.old.value, new_state=transition.new.value, probability=p,
                 rul=r, model_version=self.manifest.version, tick_time=tick_time,
                 published_at=now))
+            if self.notifier is not None:
+                write.deliveries.extend(self.notifier.plan(event))
         saved: MachineState = machine.snapshot()
         score = AssetScore(key=key, seq=seq, probability=p, rul=r, state=machine.state.value,
                            state_since=self._since[key], model_version=self.manifest.version,

@@ -12,6 +12,7 @@ from cloud_service.config import CloudConfig
 from cloud_service.ingest import Consumer
 from cloud_service.metrics import Metrics
 from cloud_service.model import ModelError, load_verified
+from cloud_service.notifications import WebhookSender
 from cloud_service.registry import Registry
 from cloud_service.rollouts import Rollouts
 from cloud_service.scoring import Scorer
@@ -45,9 +46,18 @@ class Service:
         self.rollouts = Rollouts(self.store, self.publish_retained,
                                  load_private_key(key) if key else None,
                                  cfg.rollouts.announcement_ttl)
+        # Alert webhooks: queued by the scorer with each alert, sent by this worker.
+        self.webhooks = (WebhookSender(self.store, cfg.notifications, self.metrics,
+                                       replica=cfg.client_id)
+                         if cfg.notifications.webhooks else None)
         self._started = threading.Event()
         self._stopping = threading.Event()
         self._retention: threading.Thread | None = None
+
+    @property
+    def checks_drift(self) -> bool:
+        """Whether this service compares its assets' inputs with the training data."""
+        return self.scorer is not None and self.scorer.drift is not None
 
     def start(self) -> None:
         """Load the model (a bad bundle keeps the service up but not ready: ticks are still
@@ -66,8 +76,11 @@ class Service:
                                  publish=self.consumer.publish, batch_max=sc.batch_max,
                                  max_delay=sc.max_delay, replica=self.cfg.client_id,
                                  lease_seconds=sc.lease_seconds, gap_wait=sc.gap_wait,
-                                 scan_interval=sc.scan_interval)
+                                 scan_interval=sc.scan_interval,
+                                 drift=self.cfg.drift.options(), notifier=self.webhooks)
             self.scorer.start()
+        if self.webhooks is not None:  # also without a model: it drains what is queued
+            self.webhooks.start()
         self.consumer.start()
         if self.cfg.store.retention_days is not None:
             self._retention = threading.Thread(target=self._run_retention, name="retention",
@@ -85,6 +98,8 @@ class Service:
             self._retention.join(30)
         if self.scorer:
             self.scorer.stop()
+        if self.webhooks:
+            self.webhooks.stop()
         try:
             others = self.store.live_replicas(exclude=self.cfg.client_id)
         except Exception as exc:

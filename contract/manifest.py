@@ -145,6 +145,38 @@ class Source(_Strict):
     files: dict[str, str] = Field(description="file name -> SHA-256 of the training data")
 
 
+class FeatureBins(_Strict):
+    """One feature's training distribution (in one regime) as PSI bins: `edges` at training
+    quantiles, `expected` the share of training ticks in each of the len(edges) + 1 bins."""
+
+    edges: list[float] = Field(min_length=1)
+    expected: list[float]
+
+    @model_validator(mode="after")
+    def _bins(self) -> FeatureBins:
+        if len(self.expected) != len(self.edges) + 1:
+            raise ValueError(f"{len(self.edges)} edges need {len(self.edges) + 1} expected "
+                             f"shares, found {len(self.expected)}")
+        if any(b < a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("bin edges must not decrease")
+        if any(not 0 <= s <= 1 for s in self.expected) or abs(sum(self.expected) - 1) > 1e-6:
+            raise ValueError("expected shares must lie in [0, 1] and sum to 1")
+        return self
+
+
+class RegimeStats(_Strict):
+    ticks: int = Field(gt=0, description="training ticks the bins were measured on")
+    features: list[FeatureBins] = Field(min_length=1, description="in manifest feature order")
+
+
+class TrainingStats(_Strict):
+    """What the training inputs looked like, for drift checks (contract/drift.py): one entry
+    in `regimes` for single-regime data, else one per regime in the manifest's regime order."""
+
+    quantiles: list[float] = Field(min_length=1, description="training quantiles of the edges")
+    regimes: list[RegimeStats] = Field(min_length=1)
+
+
 class Manifest(_Strict):
     """Schema 1: one global normalisation. Schema 2 adds `regimes`; a schema-2 manifest has
     either `regimes` (per-regime statistics) or `normalisation` (one regime), never both."""
@@ -166,6 +198,8 @@ class Manifest(_Strict):
     edge: EdgeModel
     files: dict[str, str] = Field(description="file name -> SHA-256")
     metrics: dict[str, dict[str, float]] = {}
+    # Optional: bundles written before drift checks have none (drift is then "unavailable").
+    training_stats: TrainingStats | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -182,6 +216,15 @@ class Manifest(_Strict):
             raise ValueError(f"normalisation has {width} entries for {n} features")
         if len(set(self.features)) != n:
             raise ValueError("features has duplicate names")
+        if self.training_stats is not None:
+            regimes = self.regimes.count if self.regimes is not None else 1
+            if len(self.training_stats.regimes) != regimes:
+                raise ValueError(f"training_stats has {len(self.training_stats.regimes)} "
+                                 f"regime(s), the model {regimes}")
+            for regime in self.training_stats.regimes:
+                if len(regime.features) != n:
+                    raise ValueError(f"training_stats has {len(regime.features)} features "
+                                     f"for {n} features")
         for name in (KERAS_MODEL, FLOAT_TFLITE, self.edge.file):
             if name not in self.files:
                 raise ValueError(f"files does not list {name}")

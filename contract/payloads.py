@@ -79,10 +79,11 @@ Finite = Annotated[float, AfterValidator(_finite)]
 class AlertEvent(_Json):
     """One transition of an asset's alert state, published on `.../alert` or `.../cloud-alert`.
 
-    `kind` "verdict": the cloud's answer to a window the edge escalated (`seq` is the window's
-    last tick); `probability` and `rul` are the full model's, and the states are the cloud's
-    current state for the asset (equal when the verdict moved nothing). `basis`, on edge alerts:
-    whose scores decided the transition ("cloud" when the edge adopted the cloud's verdict)."""
+    `kind` "verdict", published on `.../verdict` only: the cloud's answer to a window the edge
+    escalated (`seq` is the window's last tick); `probability` and `rul` are the full model's,
+    and the states are the cloud's current state for the asset (equal when the verdict moved
+    nothing). `basis`, on edge alerts: whose scores decided the transition ("cloud" when the
+    edge adopted the cloud's verdict)."""
 
     schema_version: Literal[1] = 1
     kind: Literal["transition", "verdict"] = "transition"

@@ -40,10 +40,9 @@ def nearest_centre(z: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.n
     """(index of the nearest centre, Euclidean distance to it) for each row of standardised
     settings z (n, S) against centres (k, S). The converter's clustering uses this too, so a
     tick lands in the same regime in training, at the edge and in the cloud."""
-    z = np.asarray(z, np.float64)
-    dist2 = ((z[:, None, :] - np.asarray(centres, np.float64)[None, :, :]) ** 2).sum(axis=-1)
-    nearest = dist2.argmin(axis=1)
-    return nearest, np.sqrt(dist2[np.arange(len(z)), nearest])
+    diff = np.asarray(z, np.float64)[:, None, :] - np.asarray(centres, np.float64)[None, :, :]
+    dist2 = np.einsum("nks,nks->nk", diff, diff)
+    return dist2.argmin(axis=1), np.sqrt(dist2.min(axis=1))
 
 
 class Normaliser:
@@ -63,7 +62,7 @@ class Normaliser:
             self.columns = list(self.features)
             self._offset = np.asarray(normalisation.offset, np.float32)[None, :]
             self._scale = np.asarray(normalisation.scale, np.float32)[None, :]
-            self._settings_at: list[int] = []
+            self._settings_at: list[int] | slice = []
         else:
             if regimes.width != len(self.features):
                 raise ValueError(f"regimes have statistics for {regimes.width} features, "
@@ -72,7 +71,10 @@ class Normaliser:
                             *(s for s in regimes.settings if s not in self.features)]
             self._offset = np.asarray(regimes.offset, np.float32)
             self._scale = np.asarray(regimes.scale, np.float32)
-            self._settings_at = [self.columns.index(s) for s in regimes.settings]
+            at = [self.columns.index(s) for s in regimes.settings]
+            # the settings usually close the row: a slice reads them without a copy
+            contiguous = at == list(range(at[0], at[0] + len(at)))
+            self._settings_at = slice(at[0], at[0] + len(at)) if contiguous else at
             self._set_offset = np.asarray(regimes.setting_offset, np.float64)
             self._set_scale = np.asarray(regimes.setting_scale, np.float64)
             self._centres = np.asarray(regimes.centres, np.float64)
@@ -93,6 +95,15 @@ class Normaliser:
         if self.regimes is None:
             return np.zeros(len(settings), np.intp), np.zeros(len(settings))
         return nearest_centre((settings - self._set_offset) / self._set_scale, self._centres)
+
+    def regimes_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(regime index, out-of-regime mask) per raw row (n, len(columns)): the regime whose
+        statistics `apply` uses for it (drift checks compare each regime with its own)."""
+        rows = np.asarray(rows)
+        if self.regimes is None:
+            return np.zeros(len(rows), np.intp), np.zeros(len(rows), bool)
+        regime, dist = self.assign(rows[:, self._settings_at])
+        return regime, dist > self._limit
 
     def apply(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(model input float32 (..., F), out-of-regime mask (...) bool) for raw rows."""

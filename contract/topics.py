@@ -12,20 +12,25 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Per-gateway and per-asset topic kinds, as the last level of the topic.
 GATEWAY_KINDS = ("status", "uplink", "model", "escalate", "update")
-ASSET_KINDS = ("raw", "alert", "state", "cloud-alert")
+ASSET_KINDS = ("raw", "alert", "state", "cloud-alert", "verdict")
 
 # Who sends and who reads each kind. The broker ACL (deploy/docker/mosquitto/acl) and the AWS
 # IoT policy (deploy/aws/iot-policy.json) grant these and nothing more, each party only under
-# its own gateway id for a gateway; tests hold the ACL, the policy and the agent's code to this
-# table.
+# its own gateway id for a gateway; tests hold the ACL, the policy and the agent's and the
+# viewer's code to this table.
+# `cloud-alert` carries the cloud alert machine's state changes only (for people and their
+# tools); `verdict` the cloud's answers to escalated windows (for the agent that asked).
 GATEWAY_PUBLISHES = ("status", "uplink", "escalate", "update", "alert", "state")
 GATEWAY_RETAINS = ("status", "state")  # the last will and the asset states are retained
-GATEWAY_SUBSCRIBES = ("model", "cloud-alert", "raw")
+GATEWAY_SUBSCRIBES = ("model", "verdict", "raw")
 CLOUD_SUBSCRIBES = ("uplink", "escalate", "status", "update")
-CLOUD_PUBLISHES = ("model", "cloud-alert")
+CLOUD_PUBLISHES = ("model", "cloud-alert", "verdict")
 # Plant-side kinds: a sensor bridge, viewer or PLC holding the gateway's own identity may read
 # and write these on a shared broker (never another gateway's).
 PLANT_KINDS = ("raw", "alert", "state")
+# What the alert viewer (edge_agent/viewer.py) reads; with a gateway's identity it may read the
+# cloud's alerts on that gateway's assets too, but never write them.
+VIEWER_SUBSCRIBES = ("state", "alert", "cloud-alert")
 
 
 def check_id(value: object, what: str = "id") -> str:
@@ -90,7 +95,13 @@ def state(gateway: str, asset: str) -> str:
 
 
 def cloud_alert(gateway: str, asset: str) -> str:
+    """State changes of the cloud's alert machine for the asset (never NORMAL -> NORMAL)."""
     return asset_topic(gateway, asset, "cloud-alert")
+
+
+def verdict(gateway: str, asset: str) -> str:
+    """The cloud's full-model answer to a window the gateway escalated."""
+    return asset_topic(gateway, asset, "verdict")
 
 
 def subscription(kind: str, gateway: str = "+", asset: str | None = None) -> str:

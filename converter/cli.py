@@ -2,27 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from contract.cli import HELP_OPTIONS
+from converter import quiet
+from converter.quality import QualityFloor, below_floor, describe_misses
 from converter.recipe import ARCHITECTURES, DEFAULT_WINDOW, ModelConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=HELP_OPTIONS,
                   pretty_exceptions_enable=False,
                   help="Train the LSTM, quantize it for the edge, check parity, write signed "
                        "model bundles.")
-console = Console(stderr=True, width=None if os.isatty(2) else 140)
+console = Console(stderr=True, width=None if os.isatty(2) else 140, log_path=False)
+
+DATA_ENV = "PDM_DATA_DIR"
+DATA_HELP = ("C-MAPSS folder (default: the repository's data/cmapss, which holds the FD001 test "
+             "files only)")
+LOG_SUFFIX = ".train.log"
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}")
+    console.print(f"[red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
+
+
+def default_log(out: Path) -> Path:
+    """Beside the bundle folder, not in it: a bundle holds exactly the files its manifest
+    lists."""
+    return out.with_name(out.name + LOG_SUFFIX)
+
+
+def _data_option() -> Any:  # typer.Option's own return type, so a default of any type
+    return typer.Option(None, "--data", envvar=DATA_ENV, show_envvar=True, help=DATA_HELP)
+
+
+def _log_option(default_text: str) -> Any:
+    return typer.Option(None, "--log", help=f"file for the output of TensorFlow and the TFLite "
+                                            f"converter (default: {default_text})")
 
 
 def _windows(text: str) -> list[int]:
@@ -55,7 +80,7 @@ def _table(rows: list[dict]) -> Table:
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="bundle folder to write"),
-    data: Path = typer.Option(None, "--data", help="C-MAPSS folder [env PDM_DATA_DIR]"),
+    data: Path = _data_option(),
     subset: str = typer.Option("FD001", help="C-MAPSS subset"),
     csv: Path = typer.Option(None, "--csv", help="train on a run-to-failure CSV instead"),
     asset_col: str = typer.Option("asset", help="CSV column naming the asset"),
@@ -84,60 +109,108 @@ def train(
     seed: int = typer.Option(0),
     max_units: int = typer.Option(None, help="use only the first N units (quick runs)"),
     calibration_windows: int = typer.Option(1000, help="int8 representative windows"),
+    min_f1: float = typer.Option(QualityFloor.min_f1, "--min-f1", min=0.0, max=1.0,
+                                 help="quality floor: least F1 of the float and the edge model "
+                                      "on the test set"),
+    max_rmse: float = typer.Option(QualityFloor.max_rmse, "--max-rmse", min=0.0,
+                                   help="quality floor: largest RUL RMSE (cycles) of the float "
+                                        "and the edge model on the test set"),
+    allow_weak: bool = typer.Option(False, "--allow-weak",
+                                    help="write and sign a bundle below the quality floor "
+                                         "(the missed figures are still printed)"),
+    log: Path = _log_option(f"OUT{LOG_SUFFIX} beside the bundle folder"),
     regimes: int = typer.Option(None, "--regimes", min=1, max=8,
                                 help="operating regimes to normalise per (default: found from "
                                      "the operational settings; 1: one global normalisation)"),
 ) -> None:
-    """Train on C-MAPSS (or a CSV), convert every edge mode, gate and write the bundle."""
-    from converter.data import DataError, prepare_cmapss, prepare_csv
-    from converter.pipeline import AUTO, GateError, build, comparison_rows
-    from converter.quantize import MODES
-    from converter.verify import default_data_dir
-
-    if quantize != AUTO and quantize not in MODES:
-        raise _fail(f"--quantize {quantize!r}: choose auto, {', '.join(MODES)}")
+    """Train on C-MAPSS (or a CSV), convert every edge mode, gate and write the bundle.
+    Exits 1 without writing when no edge model passes the parity gate or a model misses the
+    quality floor, 2 when the data cannot be used."""
     if sign_key is not None and not sign_key.is_file():
         raise _fail(f"--sign-key {sign_key}: no such file (make one with `keygen`)")
-    if arch not in ARCHITECTURES:
-        raise _fail(f"--arch {arch!r}: choose {', '.join(ARCHITECTURES)}")
-    cfg = ModelConfig(arch=arch, lstm1=lstm1, lstm2=lstm2, epochs=epochs,
-                      rul_loss_weight=rul_weight, dropout=dropout, cell_penalty=cell_penalty)
-    feature_list = [f.strip() for f in features.split(",")] if features else None
+    floor = QualityFloor(min_f1=min_f1, max_rmse=max_rmse)
+    log_file = log or default_log(out)
+    console.log(f"output of TensorFlow and the converter goes to {log_file}")
+    with _quiet(log_file):
+        # imported here, so that TensorFlow's import chatter goes to the log too
+        from converter.data import DataError, prepare_cmapss, prepare_csv
+        from converter.pipeline import AUTO, GateError, WeakModelError, build, comparison_rows
+        from converter.progress import EpochProgress
+        from converter.quantize import MODES
+        from converter.verify import default_data_dir
 
-    def prepare(w: int):
-        if csv is not None:
-            return prepare_csv(csv, asset_col, time_col, feature_list, w, seed=seed,
-                               regimes=regimes)
-        return prepare_cmapss(data or default_data_dir(), subset, w, seed=seed,
-                              max_units=max_units, regimes=regimes)
+        if quantize != AUTO and quantize not in MODES:
+            raise _fail(f"--quantize {quantize!r}: choose auto, {', '.join(MODES)}")
+        if arch not in ARCHITECTURES:
+            raise _fail(f"--arch {arch!r}: choose {', '.join(ARCHITECTURES)}")
+        cfg = ModelConfig(arch=arch, lstm1=lstm1, lstm2=lstm2, epochs=epochs,
+                          rul_loss_weight=rul_weight, dropout=dropout, cell_penalty=cell_penalty)
+        feature_list = [f.strip() for f in features.split(",")] if features else None
 
-    try:
-        windows = _windows(window)
-        if len(windows) > 1:
-            windows = [_choose_window(windows, prepare, cfg, horizon, rul_cap, seed)]
-        prepared = prepare(windows[0])
-        console.log(prepared.scaling_note)
-        built = build(prepared, out, version or f"{subset.lower()}-{dt.date.today():%Y%m%d}",
-                      sign_key, cfg, quantize, horizon, rul_cap, seed=seed,
-                      calibration_windows=calibration_windows, progress=console.log)
-    except DataError as exc:
-        raise _fail(str(exc)) from None
-    except GateError as exc:
-        raise _fail(f"no bundle written: {exc}", 1) from None
-    console.print(_table(comparison_rows(built.keras_metrics, built.float_report,
-                                         built.candidates)))
-    m = built.manifest
-    console.print(f"wrote {out} (version {m.version}, edge {m.edge.file} {m.edge.quantization}, "
-                  f"{'signed' if sign_key else 'UNSIGNED: gateways will refuse it; run sign'})")
+        def prepare(w: int):
+            if csv is not None:
+                return prepare_csv(csv, asset_col, time_col, feature_list, w, seed=seed,
+                                   regimes=regimes)
+            return prepare_cmapss(data or default_data_dir(), subset, w, seed=seed,
+                                  max_units=max_units, regimes=regimes)
+
+        try:
+            windows = _windows(window)
+            if len(windows) > 1:
+                windows = [_choose_window(windows, prepare, cfg, horizon, rul_cap, seed)]
+            prepared = prepare(windows[0])
+            console.log(prepared.scaling_note)
+            built = build(prepared, out,
+                          version or f"{subset.lower()}-{dt.date.today():%Y%m%d}", sign_key,
+                          cfg, quantize, horizon, rul_cap, seed=seed,
+                          calibration_windows=calibration_windows, verbose=0,
+                          progress=console.log, callbacks=[EpochProgress(console, cfg.epochs)],
+                          floor=None if allow_weak else floor)
+        except DataError as exc:
+            raise _fail(str(exc)) from None
+        except GateError as exc:
+            if exc.rows:
+                console.print(_table(exc.rows))
+            hint = (f" (--min-f1 {floor.min_f1:g}, --max-rmse {floor.max_rmse:g}; "
+                    "--allow-weak writes it anyway)" if isinstance(exc, WeakModelError) else "")
+            raise _fail(f"no bundle written: {exc}{hint}", 1) from None
+        console.print(_table(comparison_rows(built.keras_metrics, built.float_report,
+                                             built.candidates)))
+        edge = next(c for c in built.candidates if c.mode == built.chosen).measured
+        misses = below_floor(floor, {"keras": built.keras_metrics, built.chosen: edge.metrics})
+        if misses:
+            console.print(f"[yellow]warning:[/] below the quality floor, written because of "
+                          f"--allow-weak: {describe_misses(misses)}", soft_wrap=True,
+                          highlight=False)
+        m = built.manifest
+        console.print(f"wrote {out} (version {m.version}, edge {m.edge.file} "
+                      f"{m.edge.quantization}, "
+                      f"{'signed' if sign_key else 'UNSIGNED: gateways will refuse it; run sign'})",
+                      soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _quiet(log: Path | None) -> Iterator[None]:
+    """TensorFlow's and the converter's output to `log` (None: discarded); this CLI's own
+    lines keep reaching the terminal."""
+    quiet.silence_tensorflow()
+    with quiet.captured_output(log) as terminal:
+        console.file = terminal
+        try:
+            yield
+        finally:
+            console.file = None  # type: ignore[assignment]  # None: whatever sys.stderr is
 
 
 def _choose_window(windows, prepare, cfg, horizon, rul_cap, seed) -> int:
     from converter.model import train as fit
+    from converter.progress import EpochProgress
 
     scores: dict[int, float] = {}
     for w in windows:
         p = prepare(w)
-        result = fit(p.train, p.val, horizon, rul_cap, cfg, seed, verbose=0)
+        result = fit(p.train, p.val, horizon, rul_cap, cfg, seed, verbose=0,
+                     callbacks=[EpochProgress(console, cfg.epochs, f"window {w}")])
         scores[w] = min(result.history["val_loss"])
         console.log(f"window {w}: best validation loss {scores[w]:.4f}")
     best = min(scores, key=scores.__getitem__)
@@ -151,27 +224,32 @@ def verify(
     trusted_key: list[Path] = typer.Option(None, "--trusted-key",
                                            help="public key(s); default: *.pub beside the "
                                                 "bundle folder"),
-    data: Path = typer.Option(None, "--data", help="C-MAPSS folder [env PDM_DATA_DIR, "
-                                                   "default data/cmapss]"),
+    no_signature: bool = typer.Option(False, "--no-signature",
+                                      help="check hashes and parity without a trusted key "
+                                           "(the signature stays unchecked)"),
+    data: Path = _data_option(),
     csv: Path = typer.Option(None, "--csv", help="held-out run-to-failure CSV (CSV bundles)"),
     asset_col: str = typer.Option("asset"),
     time_col: str = typer.Option("time"),
+    log: Path = _log_option("discarded"),
 ) -> None:
     """Check signature and hashes, re-measure both models, apply the manifest's parity gate.
-    Exits 1 when the gate fails, 2 when the bundle or the data cannot be used."""
-    from contract.errors import ContractError
-    from converter.data import DataError
-    from converter.verify import trusted_keys_near
-    from converter.verify import verify as run_verify
+    Exits 1 when the gate fails, 2 when the bundle or the data cannot be used or there is no
+    trusted key to check the signature with (unless --no-signature)."""
+    keys = _trusted_keys(bundle, trusted_key, no_signature)
+    with _quiet(log):
+        from contract.errors import ContractError
+        from converter.data import DataError
+        from converter.verify import verify as run_verify
 
-    keys = list(trusted_key or trusted_keys_near(bundle))
-    try:
-        v = run_verify(bundle, keys, data, csv, asset_col, time_col)
-    except (ContractError, DataError) as exc:
-        raise _fail(str(exc)) from None
+        try:
+            v = run_verify(bundle, keys, data, csv, asset_col, time_col)
+        except (ContractError, DataError) as exc:
+            raise _fail(str(exc)) from None
     k, e, a = v.keras_metrics, v.edge_metrics, v.agreement
-    console.print(f"bundle {v.manifest.version}: signature "
-                  f"{'verified (' + ', '.join(map(str, keys)) + ')' if v.signed_by_trusted_key else 'NOT checked (no key)'}")  # noqa: E501
+    signature = (f"verified ({', '.join(map(str, keys))})" if v.signed_by_trusted_key
+                 else "NOT checked (--no-signature)")
+    console.print(f"bundle {v.manifest.version}: signature {signature}", soft_wrap=True)
     console.print(f"test protocol: {v.test.protocol}")
     for name, x in (("float Keras", k), (f"edge {v.manifest.edge.quantization}", e)):
         console.print(f"  {name:<14} accuracy {x['accuracy']:.3f} precision {x['precision']:.3f}"
@@ -185,34 +263,55 @@ def verify(
         raise typer.Exit(1)
 
 
+def _trusted_keys(bundle: Path, given: list[Path] | None, no_signature: bool) -> list[Path]:
+    """The keys to check the signature with; refuses (exit 2) when there are none, since an
+    unchecked signature must be asked for, never the silent outcome of a missing key."""
+    from converter.verify import trusted_keys_near
+
+    if no_signature:
+        if given:
+            raise _fail("--trusted-key and --no-signature contradict each other; give one")
+        return []
+    keys = list(given or trusted_keys_near(bundle))
+    if not keys:
+        raise _fail(f"no trusted key to check the signature of {bundle} with (none given, no "
+                    f"*.pub beside the bundle folder): pass --trusted-key KEY.pub, or "
+                    f"--no-signature to check hashes and parity only")
+    return keys
+
+
 @app.command()
 def report(
     bundle: Path = typer.Argument(..., help="bundle folder"),
     out: Path = typer.Option(..., "--out", help="folder for the PNG plots and summary.md"),
-    data: Path = typer.Option(None, "--data", help="C-MAPSS folder [env PDM_DATA_DIR]"),
+    data: Path = _data_option(),
     csv: Path = typer.Option(None, "--csv"),
     asset_col: str = typer.Option("asset"),
     time_col: str = typer.Option("time"),
+    log: Path = _log_option("discarded"),
 ) -> None:
     """Plots (training curves, confusion matrix, RUL per unit, probability over life) and a
     markdown summary."""
-    from contract.errors import ContractError
-    from converter.data import DataError
-    from converter.report import write_report
-    from converter.verify import trusted_keys_near
-    from converter.verify import verify as run_verify
+    with _quiet(log):
+        from contract.errors import ContractError
+        from converter.data import DataError
+        from converter.report import write_report
+        from converter.verify import trusted_keys_near
+        from converter.verify import verify as run_verify
 
-    try:
-        v = run_verify(bundle, trusted_keys_near(bundle), data, csv, asset_col, time_col)
-    except (ContractError, DataError) as exc:
-        raise _fail(str(exc)) from None
-    for path in write_report(v, bundle, out):
+        try:
+            v = run_verify(bundle, trusted_keys_near(bundle), data, csv, asset_col, time_col)
+            paths = write_report(v, bundle, out)
+        except (ContractError, DataError) as exc:
+            raise _fail(str(exc)) from None
+    for path in paths:
         console.print(f"wrote {path}")
 
 
 @app.command()
 def keygen(
-    private: Path = typer.Argument(..., help="private key file to create (keep it secret)"),
+    private: Path = typer.Argument(..., help="private key file to create (keep it secret); "
+                                             "missing folders are created"),
     public: Path = typer.Argument(..., help="public key file to create (give to gateways)"),
 ) -> None:
     """Create an Ed25519 signing key pair (PEM)."""
@@ -223,6 +322,9 @@ def keygen(
         if p.exists():
             raise _fail(f"{p} exists; refusing to overwrite a key")
     try:
+        # a folder made for a private key is private too (the mode applies to new folders only)
+        private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        public.parent.mkdir(parents=True, exist_ok=True)
         generate_keypair(private, public)
     except OSError as exc:
         raise _fail(f"cannot write the key pair: {describe_error(exc)}") from None

@@ -11,11 +11,13 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from contract.cmapss import COLUMNS, SENSORS, SETTINGS, CmapssFormatError, read_cmapss
-from contract.manifest import Normalisation, Regimes
+from contract.drift import describe_training
+from contract.manifest import Normalisation, Regimes, TrainingStats
 from contract.preprocess import Normaliser, nearest_centre, pad_front, sliding_windows
 
 DEFAULT_HORIZON = 30
@@ -252,7 +254,8 @@ def count_regimes(z: np.ndarray, seed: int = 0, max_regimes: int = MAX_REGIMES
     return (best if scores.get(best, 0.0) >= STRONG_SILHOUETTE else 1), scores
 
 
-def fit_regimes(fleet: Fleet, n: int | None = None, method: str = "zscore", seed: int = 0,
+def fit_regimes(fleet: Fleet, n: int | None = None,
+                method: Literal["minmax", "zscore"] = "zscore", seed: int = 0,
                 settings: list[str] | None = None) -> Regimes:
     """Operating regimes of a training fleet: k-means on its standardised operational
     settings (`n` regimes, or as many as `count_regimes` finds), with per-regime statistics of
@@ -373,6 +376,21 @@ def minmax_normalisation(fleet: Fleet) -> Normalisation:
     scale = np.where(span > 1e-12, span, 1.0)
     return Normalisation(method="minmax", offset=[float(v) for v in lo],
                          scale=[float(v) for v in scale])
+
+
+def training_stats(fleet: Fleet, normaliser: Normaliser | None = None) -> TrainingStats:
+    """The training distribution of every feature of `fleet` (the training split, raw values),
+    per operating regime where `normaliser` has regimes, recorded in the manifest so the cloud
+    can tell when an asset's inputs drift away from it (contract/drift.py). The fleet's columns
+    are the normaliser's (features, then settings), or only features without one."""
+    rows = np.concatenate(list(fleet.series.values()))
+    if normaliser is None or not normaliser.has_regimes:
+        n = len(normaliser.features) if normaliser else rows.shape[1]
+        return describe_training(rows[:, :n])
+    regime, _ = normaliser.regimes_of(rows)
+    assert normaliser.regimes is not None
+    return describe_training(rows[:, :len(normaliser.features)], regime,
+                             normaliser.regimes.count)
 
 
 # --------------------------------------------------------------------------- windows, labels
@@ -510,6 +528,7 @@ class Prepared:
     test_assets: list[str]
     regimes: Regimes | None = None
     out_of_regime: dict[str, int] = field(default_factory=dict)  # split -> ticks flagged
+    training_stats: TrainingStats | None = None
 
     @property
     def normaliser(self) -> Normaliser:
@@ -606,7 +625,8 @@ def _prepared(dataset: str, source_files: dict[str, Path], train_fleet: Fleet, v
     return Prepared(dataset, source_files, features, norm, window,
                     all_windows(train_fleet, normaliser, window),
                     all_windows(val_fleet, normaliser, window), TestSet(scored, every, protocol),
-                    train_fleet.assets, val_fleet.assets, test_fleet.assets, found, flagged)
+                    train_fleet.assets, val_fleet.assets, test_fleet.assets, found, flagged,
+                    training_stats(train_fleet, normaliser))
 
 
 def prepare_cmapss(data_dir: str | Path, subset: str, window: int, val_fraction: float = 0.2,

@@ -84,7 +84,9 @@ def inference_model(trained: keras.Model) -> keras.Model:
     """The shipped model: the trained layers, one (batch, 2) output."""
     outputs = [trained.get_layer(PROBABILITY).output, trained.get_layer(RUL_FRACTION).output]
     joined = keras.layers.Concatenate(axis=-1, name="outputs")(outputs)
-    return keras.Model(trained.inputs, joined, name="pdm_model")
+    # `input`, not `inputs`: the one input tensor, not a list of one, so that a window batch
+    # is the structure the model expects (a list makes Keras warn on every call)
+    return keras.Model(trained.input, joined, name="pdm_model")
 
 
 @dataclass
@@ -96,7 +98,8 @@ class TrainResult:
 
 
 def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: ModelConfig,
-          seed: int = 0, verbose: int = 2) -> TrainResult:
+          seed: int = 0, verbose: int = 2,
+          callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
     keras.utils.set_random_seed(seed)
     window, n_features = train.x.shape[1:]
     model = build_training_model(window, n_features, cfg)
@@ -123,7 +126,7 @@ def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: Model
     started = time.monotonic()
     fit = model.fit(train.x, targets(train), validation_data=(val.x, targets(val)),
                     epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
-                    callbacks=stop, verbose=verbose)
+                    callbacks=[*stop, *(callbacks or [])], verbose=verbose)
     seconds = time.monotonic() - started
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     best = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else len(
@@ -135,6 +138,8 @@ def predict(model: keras.Model, x: np.ndarray, batch_size: int = 2048) -> np.nda
     """(n, 2) outputs of the float Keras model, in batches."""
     if len(x) == 0:
         return np.empty((0, 2), np.float32)
-    out = [np.asarray(model(x[i:i + batch_size], training=False))
+    # a tensor, not an array: bundles saved before inference_model took `input` expect a list
+    # of one input, which Keras fills from a tensor without a warning
+    out = [np.asarray(model(keras.ops.convert_to_tensor(x[i:i + batch_size]), training=False))
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float32)

@@ -29,6 +29,7 @@ from converter import model as lstm
 from converter import quantize
 from converter.data import Prepared, stratified_sample
 from converter.evaluate import ModelReport, head_metrics, measure
+from converter.quality import FloorMiss, QualityFloor, below_floor, describe_misses
 from converter.recipe import ModelConfig
 
 HISTORY = "history.json"
@@ -36,7 +37,19 @@ AUTO = "auto"
 
 
 class GateError(RuntimeError):
-    """No edge model passed the parity gate (or the requested one did not)."""
+    """A measured model refused: no edge model passed the parity gate (or the requested one
+    did not), or (WeakModelError) a shipped model misses the quality floor. `rows` holds the
+    side-by-side comparison when `build` measured the models, so the caller can show it."""
+
+    rows: list[dict[str, object]] | None = None
+
+
+class WeakModelError(GateError):
+    """A shipped model (float or edge) misses the quality floor; nothing was written."""
+
+    def __init__(self, misses: list[FloorMiss]) -> None:
+        super().__init__(f"below the quality floor: {describe_misses(misses)}")
+        self.misses = misses
 
 
 @dataclass
@@ -82,12 +95,16 @@ def _say(progress: Callable[[str], None] | None, text: str) -> None:
 def train_and_measure(prepared: Prepared, horizon: int, rul_cap: float, cfg: ModelConfig,
                       modes: list[str], thresholds: Thresholds, tolerances: Tolerances,
                       seed: int = 0, calibration_windows: int = 1000, verbose: int = 2,
-                      progress: Callable[[str], None] | None = None):
+                      progress: Callable[[str], None] | None = None,
+                      callbacks: list | None = None):
     """Train the float model and measure it and every requested edge mode on the test set."""
     _say(progress, f"training on {len(prepared.train)} windows of {len(prepared.train_assets)} "
                    f"assets (validation: {len(prepared.val)} windows, "
                    f"{len(prepared.val_assets)} assets)")
-    trained = lstm.train(prepared.train, prepared.val, horizon, rul_cap, cfg, seed, verbose)
+    trained = lstm.train(prepared.train, prepared.val, horizon, rul_cap, cfg, seed, verbose,
+                         callbacks)
+    _say(progress, f"kept epoch {trained.best_epoch} of {len(trained.history.get('loss', []))} "
+                   f"({trained.seconds:.0f} s)")
     test = prepared.test
     keras_scored = lstm.predict(trained.model, test.scored.x)
     keras_every = lstm.predict(trained.model, test.every.x)
@@ -173,7 +190,7 @@ def write_bundle(out: Path, prepared: Prepared, trained: lstm.TrainResult,
             thresholds=thresholds, tolerances=tolerances,
             edge=EdgeModel(file=edge_file, quantization=chosen.mode),
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
-            metrics=metrics)
+            metrics=metrics, training_stats=prepared.training_stats)
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
         if sign_key is not None:
             sign_bundle(tmp, sign_key)
@@ -190,14 +207,25 @@ def build(prepared: Prepared, out: Path, version: str, sign_key: Path | None,
           cfg: ModelConfig, mode: str = AUTO, horizon: int = 30, rul_cap: float = 125.0,
           thresholds: Thresholds | None = None, tolerances: Tolerances | None = None,
           seed: int = 0, calibration_windows: int = 1000, verbose: int = 2,
-          progress: Callable[[str], None] | None = None) -> Built:
+          progress: Callable[[str], None] | None = None, callbacks: list | None = None,
+          floor: QualityFloor | None = None) -> Built:
+    """Train, measure, gate, write. With a `floor`, refuses (WeakModelError) when the float
+    model or the chosen edge model misses it; nothing is written then."""
     thresholds = thresholds or Thresholds()
     tolerances = tolerances or Tolerances()
     modes = list(quantize.MODES) if mode == AUTO else [mode]
     trained, keras_metrics, float_report, candidates = train_and_measure(
         prepared, horizon, rul_cap, cfg, modes, thresholds, tolerances, seed,
-        calibration_windows, verbose, progress)
-    chosen = choose(candidates, mode)  # raises GateError: the caller prints the comparison
+        calibration_windows, verbose, progress, callbacks)
+    try:
+        chosen = choose(candidates, mode)
+        misses = [] if floor is None else below_floor(floor, {
+            "keras": keras_metrics, chosen.mode: chosen.measured.metrics})
+        if misses:
+            raise WeakModelError(misses)
+    except GateError as exc:  # the caller shows the comparison beside the refusal
+        exc.rows = comparison_rows(keras_metrics, float_report, candidates)
+        raise
     manifest = write_bundle(out, prepared, trained, keras_metrics, float_report, candidates,
                             chosen, version, horizon, rul_cap, thresholds, tolerances, sign_key)
     return Built(out, manifest, keras_metrics, float_report, candidates, chosen.mode,

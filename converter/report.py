@@ -112,12 +112,21 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _scaling(m: Manifest) -> str:
+    if m.regimes is None:
+        return f"one operating regime, global {m.normalisation.method if m.normalisation else '-'}"
+    r = m.regimes
+    return (f"{r.count} operating regimes from {', '.join(r.settings)}, {r.method} per regime; "
+            f"a tick farther than {r.max_distance:.3g} (standardised) is out of regime")
+
+
 def summary_markdown(v: Verification, plots: list[Path]) -> str:
     m: Manifest = v.manifest
     k, e, a = v.keras_metrics, v.edge_metrics, v.agreement
     lines = [f"# Model bundle {m.version}", "",
              f"- created {m.created}, trained on {m.source.dataset}",
              f"- features ({len(m.features)}): {', '.join(m.features)}",
+             f"- normalisation: {_scaling(m)}",
              f"- window {m.window} ticks, horizon {m.horizon}, RUL cap {m.rul_cap:g}",
              f"- edge model: `{m.edge.file}` ({m.edge.quantization})",
              f"- signature: {'verified with a trusted key' if v.signed_by_trusted_key else 'not checked (no key given)'}",  # noqa: E501

@@ -139,8 +139,8 @@ class Agent:
             refused=lambda kind: self.metrics.updates_refused.labels(kind).inc())
         self.uplink.subscribe(topics.model(self.gateway), self.updater.on_message)
         if esc.enabled:
-            self.uplink.subscribe(topics.subscription("cloud-alert", self.gateway),
-                                  self._on_cloud_alert)
+            self.uplink.subscribe(topics.subscription("verdict", self.gateway),
+                                  self._on_verdict)
 
     def _client_id(self, role: str) -> str:
         # Each connection's own setting: on AWS IoT the uplink's client id must be the thing
@@ -381,13 +381,16 @@ class Agent:
                            p.score.probability >= self.pipeline.thresholds.decision)
         self.metrics.escalations.labels(p.escalate).inc()
 
-    def _on_cloud_alert(self, topic: str, payload: bytes) -> None:
+    def _on_verdict(self, topic: str, payload: bytes) -> None:
         try:
             event = codec.decode_json(payload, AlertEvent)
         except ContractError as exc:
-            log.warning("ignored a bad cloud alert on %s: %s", topic, exc)
+            log.warning("ignored a bad verdict on %s: %s", topic, exc)
+            self.metrics.verdicts_refused.inc()
             return
         if event.kind != "verdict":
+            log.warning("ignored a %s event on the verdict topic %s", event.kind, topic)
+            self.metrics.verdicts_refused.inc()
             return
         outcome = self.verdicts.received(
             event.asset, event.seq, event.probability >= self.pipeline.thresholds.decision)

@@ -51,6 +51,9 @@ class AgentMetrics:
         self.verdicts = Counter("pdm_edge_cloud_verdicts", "Cloud verdicts on escalated windows: "
                                 "agreed, overruled (other decision), late (after the deadline)",
                                 ["outcome"], registry=r)
+        self.verdicts_refused = Counter(
+            "pdm_edge_verdicts_refused", "Messages on the verdict topic that are no verdict "
+            "(malformed, or another kind of event)", registry=r)
         self.verdict_latency = Histogram(
             "pdm_edge_verdict_latency_seconds", "Escalation sent to cloud verdict received",
             registry=r, buckets=(5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))

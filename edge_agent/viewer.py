@@ -1,9 +1,13 @@
-"""A live table of asset states for a person, from the retained states and the alert stream."""
+"""A live table of asset states for a person, from the retained states and the alert stream.
+
+It counts every asset it has seen: one named only by an alert event (a cloud alert about an
+asset whose retained state this broker does not hold, say) is listed from that event."""
 
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from rich.live import Live
@@ -11,7 +15,7 @@ from rich.table import Table
 
 from contract import codec, topics
 from contract.errors import ContractError
-from contract.payloads import AlertEvent, AssetState
+from contract.payloads import AlertEvent, AlertState, AssetState
 
 
 class ViewerError(Exception):
@@ -21,11 +25,28 @@ class ViewerError(Exception):
 COLOURS = {"NORMAL": "green", "WARNING": "yellow", "CRITICAL": "bold red"}
 
 
+@dataclass(frozen=True)
+class BoardRow:
+    """One asset as the board shows it: from its retained edge state when there is one, else
+    from the latest alert event about it (an asset only the cloud has spoken of)."""
+
+    gateway: str
+    asset: str
+    state: AlertState
+    probability: float
+    rul: float | None
+    seq: int
+    model_version: str
+    seen_in: str  # "state", "alert" (the edge's) or "cloud-alert"
+
+
 class AlertBoard:
-    """The latest state of every asset and the last few alert events (pure)."""
+    """Every asset seen (in a retained state or an alert event) and the last few alert events
+    (pure)."""
 
     def __init__(self, history: int = 10) -> None:
         self.states: dict[tuple[str, str], AssetState] = {}
+        self.latest: dict[tuple[str, str], tuple[str, AlertEvent]] = {}  # by asset: kind, event
         self.events: list[AlertEvent] = []
         self.history = history
 
@@ -35,17 +56,37 @@ class AlertBoard:
             s = codec.decode_json(payload, AssetState)
             self.states[(s.gateway, s.asset)] = s
         elif kind in ("alert", "cloud-alert"):
-            self.events = [*self.events, codec.decode_json(payload, AlertEvent)][-self.history:]
+            event = codec.decode_json(payload, AlertEvent)
+            self.latest[(event.gateway, event.asset)] = (kind, event)
+            self.events = [*self.events, event][-self.history:]
+
+    @property
+    def assets(self) -> set[tuple[str, str]]:
+        """(gateway, asset) of every asset seen, whichever message named it."""
+        return set(self.states) | set(self.latest)
+
+    def rows(self) -> list[BoardRow]:
+        """One row per asset seen, the most urgent first."""
+        out = []
+        for key in self.assets:
+            s = self.states.get(key)
+            if s is not None:
+                out.append(BoardRow(s.gateway, s.asset, s.state, s.probability, s.rul, s.seq,
+                                    s.model_version, "state"))
+                continue
+            kind, e = self.latest[key]
+            out.append(BoardRow(e.gateway, e.asset, e.new_state, e.probability, e.rul, e.seq,
+                                e.model_version, kind))
+        return sorted(out, key=lambda r: (-r.state.level, r.gateway, r.asset))
 
     def table(self) -> Table:
-        t = Table(title=f"Asset states ({len(self.states)} assets)  {time.strftime('%X')}")
-        for col in ("gateway", "asset", "state", "probability", "RUL", "seq", "model"):
+        t = Table(title=f"Asset states ({len(self.assets)} assets)  {time.strftime('%X')}")
+        for col in ("gateway", "asset", "state", "probability", "RUL", "seq", "model", "from"):
             t.add_column(col)
-        order = {"CRITICAL": 0, "WARNING": 1, "NORMAL": 2}
-        for s in sorted(self.states.values(), key=lambda s: (order[s.state.value], s.asset)):
-            t.add_row(s.gateway, s.asset, f"[{COLOURS[s.state.value]}]{s.state.value}[/]",
-                      f"{s.probability:.3f}", f"{s.rul:.0f}" if s.rul is not None else "-",
-                      str(s.seq), s.model_version)
+        for r in self.rows():
+            t.add_row(r.gateway, r.asset, f"[{COLOURS[r.state.value]}]{r.state.value}[/]",
+                      f"{r.probability:.3f}", f"{r.rul:.0f}" if r.rul is not None else "-",
+                      str(r.seq), r.model_version, r.seen_in)
         if self.events:
             t.caption = "latest: " + "; ".join(
                 f"{e.source} {e.asset} {e.old_state.value}->{e.new_state.value}"
@@ -54,17 +95,22 @@ class AlertBoard:
 
 
 def watch(host: str, port: int, gateway: str = "+", seconds: float | None = None,
-          tls: tuple[str | None, str | None, str | None] | None = None) -> AlertBoard:
+          tls: tuple[str | None, str | None, str | None] | None = None,
+          board: AlertBoard | None = None) -> AlertBoard:
     """`tls`: (CA file, client certificate, key) for a broker that requires them; with the
-    shipped ACL a gateway's certificate shows that gateway's assets only."""
-    board = AlertBoard()
+    shipped ACL a gateway's certificate shows that gateway's assets only. `board`: fill this
+    one (another thread may read it meanwhile), else a new one."""
+    board = board if board is not None else AlertBoard()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     if tls is not None:
         client.tls_set(ca_certs=tls[0], certfile=tls[1], keyfile=tls[2])
 
     def on_connect(c, userdata, flags, rc, props):
-        for kind in ("state", "alert", "cloud-alert"):
-            c.subscribe(topics.subscription(kind, gateway), qos=1)
+        # Spelled out (not looped over VIEWER_SUBSCRIBES): the policy test reads the kinds here.
+        for topic_filter in (topics.subscription("state", gateway),
+                             topics.subscription("alert", gateway),
+                             topics.subscription("cloud-alert", gateway)):
+            c.subscribe(topic_filter, qos=1)
 
     def on_message(c, userdata, msg):
         with contextlib.suppress(ContractError):  # a viewer shows what it understands

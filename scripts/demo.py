@@ -230,6 +230,7 @@ when an engine nears its end of life: with every engine at 10 ticks/s the first 
                             {sub_tls}
   edge metrics:           {edge_metrics}
   cloud metrics:          {'  '.join(cloud_metrics)}
+  web UI:                 {api}/   (sign in with the token below to acknowledge alerts)
   API docs:               {api}/docs   (write routes need: Authorization: Bearer {token})
   fleet now:              curl -s {api}/api/v1/assets{replicas}
   logs:                   {agent_log}  {'  '.join(map(str, cloud_logs))}

@@ -243,6 +243,7 @@ def test_gateway_status_and_cloud_alerts(cloud, publisher, broker):
         assert {m.topic for m in rec.messages} == {"pdm/v1/gw-s/m-1/cloud-alert"}
         got = events()
         assert all(e.source == "cloud" and e.model_version == "test-1" for e in got)
+        assert all(e.kind == "transition" and e.old_state != e.new_state for e in got)
         # The window mean rises tick by tick: NORMAL -> (WARNING ->) CRITICAL, in seq order.
         assert got[0].old_state.value == "NORMAL" and got[-1].new_state.value == "CRITICAL"
         assert [e.seq for e in got] == sorted(e.seq for e in got) and got[0].seq >= 20
@@ -259,6 +260,86 @@ def test_gateway_status_and_cloud_alerts(cloud, publisher, broker):
                                     if g["gateway"] == "gw-s")["online"], 20, "offline")
     finally:
         rec.close()
+
+
+def test_alerts_are_acknowledged_once_and_every_query_filter_filters(cloud, publisher):
+    h = cloud.http
+    publisher.send(topics.uplink("gw-f"),
+                   codec.encode_uplink(ticks("gw-f", "hot", 0, 20, level=-2.0)))
+    publisher.send(topics.uplink("gw-f"),
+                   codec.encode_uplink(ticks("gw-f", "hot", 20, 20, level=3.0)))
+    send_batches(publisher, "gw-f", "calm", 30, 10, level=-2.0)
+    send_batches(publisher, "gw-g", "calm", 30, 10, level=-2.0)
+    wait_until(lambda: (asset_state(cloud, "gw-f", "hot") or {}).get("state") == "CRITICAL"
+               and all((asset_state(cloud, g, "calm") or {}).get("scored_seq") == 29
+                       for g in ("gw-f", "gw-g")), 30, "three assets scored")
+    # ?state= on assets: only the assets in that state; a wrong one names the right ones
+    def assets(**params) -> list[tuple[str, str]]:
+        r = h.get("/api/v1/assets", params=params)
+        assert r.status_code == 200, r.text
+        return [(a["gateway"], a["asset"]) for a in r.json()]
+
+    assert assets(state="CRITICAL") == [("gw-f", "hot")]
+    assert assets(state="NORMAL") == [("gw-f", "calm"), ("gw-g", "calm")]
+    assert assets(state="WARNING") == []
+    assert assets(gateway="gw-g") == [("gw-g", "calm")]
+    assert assets(gateway="gw-f", state="NORMAL") == [("gw-f", "calm")]
+    bad = h.get("/api/v1/assets", params={"state": "critical"})
+    assert bad.status_code == 422 and all(s in bad.text for s in ("NORMAL", "WARNING",
+                                                                  "CRITICAL"))
+    # ticks and predictions: seq and time ranges
+    page = h.get("/api/v1/assets/gw-g/calm/ticks",
+                 params={"after_seq": 4, "to_seq": 12}).json()["items"]
+    assert [t["seq"] for t in page] == list(range(5, 13))
+    t0 = 1_800_000_000.0
+    page = h.get("/api/v1/assets/gw-g/calm/ticks",
+                 params={"since": t0 + 20, "until": t0 + 23}).json()["items"]
+    assert [t["seq"] for t in page] == [20, 21, 22]
+    page = h.get("/api/v1/assets/gw-g/calm/predictions",
+                 params={"after_seq": 20, "to_seq": 25}).json()["items"]
+    assert [p["seq"] for p in page] == list(range(21, 26))
+    # alerts: by gateway, asset, state, time and acknowledgement
+    alerts = h.get("/api/v1/alerts").json()["items"]
+    assert alerts and {(a["gateway"], a["asset"]) for a in alerts} == {("gw-f", "hot")}
+    assert all(not a["acknowledged"] and a["acknowledged_by"] is None for a in alerts)
+    assert h.get("/api/v1/alerts", params={"gateway": "gw-g"}).json()["items"] == []
+    assert h.get("/api/v1/alerts", params={"asset": "calm"}).json()["items"] == []
+    assert h.get("/api/v1/alerts", params={"since": alerts[-1]["published_at"] + 1}
+                 ).json()["items"] == []
+    critical = alerts[-1]
+    assert critical["new_state"] == "CRITICAL"
+    assert [a["id"] for a in h.get("/api/v1/alerts", params={"state": "CRITICAL"}
+                                   ).json()["items"]] == [critical["id"]]
+    # acknowledge: the write token, a valid body, once
+    url = f"/api/v1/alerts/{critical['id']}/acknowledge"
+    body = {"by": "Ada Operator", "note": "bearing inspected, replacement booked"}
+    assert h.post(url, json=body).status_code == 401
+    for wrong in ({"by": ""}, {"by": "   "}, {"by": "x" * 65}, {"by": "Ada", "note": "n" * 2001},
+                  {"by": "Ada", "colour": "red"}, {"note": "who?"}):
+        r = h.post(url, json=wrong, headers=AUTH)
+        assert r.status_code == 422, (wrong, r.text)
+    missing = h.post(f"/api/v1/alerts/{critical['id'] + 999}/acknowledge", json=body,
+                     headers=AUTH)
+    assert missing.status_code == 404 and "no alert" in missing.json()["detail"]
+    before = time.time()
+    done = h.post(url, json=body, headers=AUTH)
+    assert done.status_code == 200, done.text
+    acked = done.json()
+    assert acked["acknowledged"] and acked["acknowledged_by"] == "Ada Operator"
+    assert acked["ack_note"] == body["note"] and before <= acked["acknowledged_at"] <= time.time()
+    assert {k: v for k, v in acked.items() if not k.startswith("ack")} == \
+        {k: v for k, v in critical.items() if not k.startswith("ack")}
+    again = h.post(url, json={"by": "Bob"}, headers=AUTH)
+    assert again.status_code == 409 and "'Ada Operator'" in again.json()["detail"]
+    stored = h.get("/api/v1/alerts", params={"acknowledged": "true"}).json()["items"]
+    assert stored == [acked]
+    still_open = h.get("/api/v1/alerts", params={"acknowledged": "false"}).json()["items"]
+    assert [a["id"] for a in still_open] == [a["id"] for a in alerts if a["id"] != critical["id"]]
+    # dead letters: a reason that does not exist is refused, not answered with nothing
+    r = h.get("/api/v1/dead-letters", params={"reason": "nonsense"}, headers=AUTH)
+    assert r.status_code == 422 and "not-json" in r.json()["detail"]
+    assert h.get("/api/v1/dead-letters", params={"reason": "not-json"},
+                 headers=AUTH).status_code == 200
 
 
 def test_http_routes_answer_and_writes_need_the_token(cloud, bundle, tmp_path):

@@ -44,7 +44,7 @@ def test_topics_round_trip(gateway, asset):
         parsed = topics.parse(build(gateway))
         assert (parsed.gateway, parsed.kind, parsed.asset) == (gateway, kind, None)
     for kind, build in (("raw", topics.raw), ("alert", topics.alert), ("state", topics.state),
-                        ("cloud-alert", topics.cloud_alert)):
+                        ("cloud-alert", topics.cloud_alert), ("verdict", topics.verdict)):
         topic = build(gateway, asset)
         assert topic.count("/") <= 6  # AWS IoT allows 7 levels
         parsed = topics.parse(topic)

@@ -126,6 +126,12 @@ def test_prepared_cmapss_has_no_unit_in_two_splits_and_statistics_from_train_onl
     assert p.features == ["sensor_2", "sensor_3", "sensor_4", "sensor_7", "sensor_8",
                           "sensor_9", "sensor_11", "sensor_12", "sensor_13", "sensor_14",
                           "sensor_15", "sensor_17", "sensor_20", "sensor_21"]
+    # the drift statistics describe the same training units (one regime: FD001)
+    stats = p.training_stats
+    assert stats is not None and len(stats.regimes) == 1
+    train = load_cmapss(train_data_dir / "train_FD001.txt")
+    assert stats.regimes[0].ticks == sum(len(train.series[a]) for a in p.train_assets)
+    assert len(stats.regimes[0].features) == len(p.features)
 
 
 def test_constant_and_two_level_features_are_dropped():
@@ -163,7 +169,7 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory, keys):
     """A bundle from 8 units, one epoch, the default network, int8 edge model: built through
-    the CLI."""
+    the CLI (--allow-weak: so small a run cannot reach the quality floor)."""
     if not (DATA_DIR / "train_FD001.txt").exists():
         pytest.skip(f"C-MAPSS data not found in {DATA_DIR}")
     from converter.cli import app
@@ -173,8 +179,9 @@ def tiny_bundle(tmp_path_factory, keys):
                                  "--max-units", "8", "--epochs", "1", "--window", "20",
                                  "--quantize", "int8",
                                  "--calibration-windows", "100", "--version", "tiny-1",
-                                 "--sign-key", str(keys[0])])
+                                 "--sign-key", str(keys[0]), "--allow-weak"])
     assert result.exit_code == 0, result.output
+    assert "Saved artifact" not in result.output and "structure" not in result.output
     return out
 
 
@@ -184,6 +191,8 @@ def test_tiny_train_writes_a_signed_int8_bundle_that_litert_runs(tiny_bundle, ke
     assert manifest.edge.quantization == "int8" and manifest.edge.file == "model_int8.tflite"
     assert manifest.window == 20 and len(manifest.features) == 14
     assert set(manifest.metrics) >= {"keras", "float32", "int8", "training"}
+    assert manifest.training_stats is not None  # for the cloud's drift checks
+    assert [len(r.features) for r in manifest.training_stats.regimes] == [14]
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(tiny_bundle / "model_int8.tflite"))

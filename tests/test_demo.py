@@ -35,6 +35,7 @@ def test_the_demo_summary_adds_up(tmp_path):
     expected = 203 + 187  # cycles of FD001 test engines 34 and 68
     assert f"({expected} ticks in all" in out
     assert re.search(r"edge metrics: +http://127\.0\.0\.1:\d+/metrics", out), out
+    assert re.search(r"web UI: +http://127\.0\.0\.1:\d+/ ", out), out
     # The progress line stops once every tick is in the cloud's store.
     progress = out.split("Ctrl-C stops everything.", 1)[1].split("\nSummary", 1)[0]
     assert f"the replay has ended: all {expected} ticks" in progress, progress

@@ -278,3 +278,47 @@ def test_alerts_flow_while_the_uplink_is_unreachable_and_ticks_follow_later(
         agent.wait(timeout=30)
         uplink.stop()
         alerts.close()
+
+
+def test_the_viewer_lists_assets_known_only_from_cloud_alerts(broker):
+    """Through a real broker: retained edge states of some assets, cloud alerts about others;
+    the viewer counts them all."""
+    import threading
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    from edge_agent.viewer import AlertBoard, watch
+    from tests.test_edge_core import _event, _state
+
+    gw = f"gw-view-{uuid.uuid4().hex[:6]}"
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    board = AlertBoard()
+    viewer = threading.Thread(target=watch, args=(broker.host, broker.port, gw, 8.0),
+                              kwargs={"board": board}, daemon=True)
+    try:
+        for i in range(30):
+            pub.publish(topics.state(gw, f"e{i}"), codec.encode_json(_state(gw, f"e{i}")), qos=1,
+                        retain=True).wait_for_publish(10)
+        viewer.start()
+        deadline = time.monotonic() + 4
+        while len(board.assets) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(board.assets) == 30, "the retained states did not reach the viewer"
+        for i in range(20, 100):
+            pub.publish(topics.cloud_alert(gw, f"e{i}"),
+                        codec.encode_json(_event(gw, f"e{i}", "NORMAL", "WARNING")),
+                        qos=1).wait_for_publish(10)
+        while len(board.assets) < 100 and time.monotonic() < deadline + 3:
+            time.sleep(0.05)
+        assert len(board.assets) == 100
+        assert "(100 assets)" in str(board.table().title)
+    finally:
+        for i in range(30):  # clear the retained states
+            pub.publish(topics.state(gw, f"e{i}"), b"", qos=1, retain=True).wait_for_publish(10)
+        pub.loop_stop()
+        pub.disconnect()
+        if viewer.ident is not None:
+            viewer.join(15)  # it stops after its 8 seconds

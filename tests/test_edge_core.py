@@ -305,3 +305,51 @@ def test_verdict_gate_holds_an_asset_behind_its_escalated_window_until_verdict_o
     gate.offer("e3", 1, "e3-1", escalated=True)
     gate.offer("e3", 2, "e3-2", escalated=False)
     assert items(gate.flush()) == [("e3-1", None), ("e3-2", None)] and len(gate) == 0
+
+
+def _state(gateway: str, asset: str, state: str = "NORMAL"):
+    from contract.payloads import AlertState, AssetState
+
+    return AssetState(gateway=gateway, asset=asset, state=AlertState(state), probability=0.1,
+                      rul=100.0, model_version="m-1", seq=40, tick_time=1.0, since=1.0)
+
+
+def _event(gateway: str, asset: str, old: str, new: str, source: str = "cloud", seq: int = 50):
+    from contract.payloads import AlertEvent, AlertState
+
+    return AlertEvent(source=source, gateway=gateway, asset=asset, old_state=AlertState(old),
+                      new_state=AlertState(new), probability=0.9, rul=12.0,
+                      thresholds={"decision": 0.5}, model_version="m-1", seq=seq,
+                      tick_time=2.0, published_at=2.0)
+
+
+def test_the_viewer_counts_every_asset_it_has_seen_whichever_message_named_it():
+    """The demo's viewer said "22 assets" while 100 ran: it counted retained states only."""
+    from contract import codec, topics
+    from edge_agent.viewer import AlertBoard
+
+    board = AlertBoard(history=10)
+    for i in range(22):  # assets with a retained state on this broker
+        board.feed(topics.state("gw-1", f"e{i}"), codec.encode_json(_state("gw-1", f"e{i}")))
+    for i in range(15, 100):  # cloud alerts: 7 about assets with a state, 78 about others
+        board.feed(topics.cloud_alert("gw-1", f"e{i}"),
+                   codec.encode_json(_event("gw-1", f"e{i}", "NORMAL", "WARNING")))
+    board.feed(topics.alert("gw-2", "e0"),  # the same asset id on another gateway
+               codec.encode_json(_event("gw-2", "e0", "NORMAL", "CRITICAL", source="edge")))
+    board.feed(topics.cloud_alert("gw-1", "e99"),  # a later event about a known asset
+               codec.encode_json(_event("gw-1", "e99", "WARNING", "CRITICAL", seq=60)))
+    assert len(board.assets) == 101 and len(board.events) == 10
+    rows = board.rows()
+    assert len(rows) == 101 and len({(r.gateway, r.asset) for r in rows}) == 101
+    assert "(101 assets)" in str(board.table().title) and board.table().row_count == 101
+    by_key = {(r.gateway, r.asset): r for r in rows}
+    # a retained state wins over an event; else the latest event says the state
+    assert by_key[("gw-1", "e20")].seen_in == "state"
+    assert by_key[("gw-1", "e20")].state.value == "NORMAL"
+    assert by_key[("gw-1", "e50")].seen_in == "cloud-alert"
+    assert by_key[("gw-1", "e50")].state.value == "WARNING"
+    assert by_key[("gw-1", "e99")].state.value == "CRITICAL" and by_key[("gw-1", "e99")].seq == 60
+    assert by_key[("gw-2", "e0")].seen_in == "alert"
+    # the most urgent first
+    assert [r.state.value for r in rows[:2]] == ["CRITICAL", "CRITICAL"]
+    assert rows[-1].state.value == "NORMAL"

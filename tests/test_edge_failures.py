@@ -124,11 +124,12 @@ def test_cli_errors_are_one_line_and_h_is_help(tmp_path):
     assert viewer.returncode == 1
     assert viewer.stderr.strip() == (f"error: cannot connect to the broker at 127.0.0.1:{port}: "
                                      "connection refused")
-    keygen = cli("converter", "keygen", str(tmp_path / "no" / "signing.key"),
-                 str(tmp_path / "no" / "signing.pub"))
+    (tmp_path / "plain").write_text("a file where the key folder should be")
+    keygen = cli("converter", "keygen", str(tmp_path / "plain" / "signing.key"),
+                 str(tmp_path / "plain" / "signing.pub"))
     assert keygen.returncode == 2
     assert "Traceback" not in keygen.stderr and len(keygen.stderr.strip().splitlines()) == 1
-    assert "cannot write the key pair" in keygen.stderr and "No such file" in keygen.stderr
+    assert "cannot write the key pair" in keygen.stderr and str(tmp_path / "plain") in keygen.stderr
     missing = cli("edge_agent", "run", "-c", str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"cannot read config {tmp_path / 'absent.yaml'}: No such " \

@@ -1,6 +1,6 @@
 """Hard-example escalation: the agent (a separate process, the real int8 model) sends windows
 it is unsure about at once; the cloud (real HTTP app, the real LSTM) answers each with a
-verdict on the cloud-alert topic; both count them; normal scoring and storage stay exact."""
+verdict on the asset's verdict topic; both count them; normal scoring and storage stay exact."""
 
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def test_unsure_windows_are_escalated_ahead_of_their_batch_and_answered(
     window, cut = manifest.window, manifest.thresholds.decision
     cloud = Running(cloud_config(tmp_path, broker, DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY))
     rec = Recorder(broker.host, broker.port, [topics.escalate(GW), topics.uplink(GW),
-                                              topics.subscription("cloud-alert", GW)])
+                                              topics.subscription("cloud-alert", GW),
+                                              topics.subscription("verdict", GW)])
     port = free_port()
     config = tmp_path / "agent.yaml"
     config.write_text(yaml.safe_dump({
@@ -121,8 +122,9 @@ def test_unsure_windows_are_escalated_ahead_of_their_batch_and_answered(
 
         def verdicts() -> dict[tuple[str, int], AlertEvent]:
             events = [codec.decode_json(m.payload, AlertEvent) for m in list(rec.messages)
-                      if m.topic.endswith("/cloud-alert")]
-            return {(e.asset, e.seq): e for e in events if e.kind == "verdict"}
+                      if m.topic.endswith("/verdict")]
+            assert all(e.kind == "verdict" for e in events)
+            return {(e.asset, e.seq): e for e in events}
         asked = {(b.asset, b.seqs[-1]) for _, b in escalated}
         wait_until(lambda: set(verdicts()) >= asked, 30, "a verdict for every escalation")
         wait_until(lambda: metric(httpx.get(f"http://127.0.0.1:{port}/metrics").text,
@@ -153,6 +155,11 @@ def test_unsure_windows_are_escalated_ahead_of_their_batch_and_answered(
                        and b.asset == batch.asset)
         assert i < carrier, (batch.asset, end)
     answers = verdicts()
+    # cloud-alert carries the cloud alert machine's state changes only: no verdict, no
+    # NORMAL -> NORMAL
+    changes = [codec.decode_json(m.payload, AlertEvent) for m in messages
+               if m.topic.endswith("/cloud-alert")]
+    assert all(e.kind == "transition" and e.old_state != e.new_state for e in changes)
     overruled = sum((answers[(b.asset, b.seqs[-1])].probability >= cut)
                     != (b.probability[-1] >= cut) for _, b in escalated)
     assert metric(edge, "pdm_edge_escalations_total") == len(escalated)

@@ -302,7 +302,7 @@ def test_a_gateway_cannot_publish_as_another(clients):
                     topics.subscription("update"), topics.subscription("escalate"))
     spoofed = [topics.uplink("gw-b"), topics.status("gw-b"), topics.update("gw-b"),
                topics.escalate("gw-b"), topics.model("gw-b"),
-               topics.cloud_alert("gw-b", "engine-1")]
+               topics.cloud_alert("gw-b", "engine-1"), topics.verdict("gw-b", "engine-1")]
     refused = {topic: gw_a.publish(topic, batch("gw-b")) for topic in spoofed}
     assert set(refused.values()) == {"Not authorized"}, refused
     assert gw_a.publish(topics.uplink("gw-a"), batch("gw-a")) != "Not authorized"
@@ -310,24 +310,30 @@ def test_a_gateway_cannot_publish_as_another(clients):
     time.sleep(SETTLE)
     assert cloud.topics() == [topics.uplink("gw-a")]
 
-    # Nor plant announcements or cloud alerts for itself: only the cloud writes those.
-    gw_a.subscribe(topics.model("gw-a"), topics.subscription("cloud-alert", "gw-a"))
+    # Nor plant announcements, cloud alerts or verdicts for itself: only the cloud writes those.
+    gw_a.subscribe(topics.model("gw-a"), topics.subscription("cloud-alert", "gw-a"),
+                   topics.subscription("verdict", "gw-a"))
     gw_a.publish(topics.model("gw-a"), b'{"version": "evil"}')
     gw_a.publish(topics.cloud_alert("gw-a", "engine-1"), b"{}")
+    gw_a.publish(topics.verdict("gw-a", "engine-1"), b"{}")
     cloud.publish(topics.cloud_alert("gw-a", "engine-2"), b"{}")
-    assert gw_a.wait_for(topics.cloud_alert("gw-a", "engine-2"))
+    cloud.publish(topics.verdict("gw-a", "engine-3"), b"{}")
+    assert gw_a.wait_for(topics.verdict("gw-a", "engine-3"))
     time.sleep(SETTLE)
-    assert gw_a.topics() == [topics.cloud_alert("gw-a", "engine-2")]
+    assert sorted(gw_a.topics()) == [topics.cloud_alert("gw-a", "engine-2"),
+                                     topics.verdict("gw-a", "engine-3")]
 
 
 def test_a_gateway_cannot_read_another(clients):
     cloud, gw_a, gw_b = clients("cloud"), clients("gw-a"), clients("gw-b")
     gw_b.subscribe("pdm/v1/#", "pdm/v1/gw-a/#", topics.model("gw-a"),
                    topics.subscription("cloud-alert", "gw-a"), topics.subscription("uplink"),
+                   topics.subscription("verdict", "gw-a"),
                    topics.subscription("alert"), "#")
     gw_a.subscribe(topics.model("gw-a"))
     cloud.publish(topics.model("gw-a"), b'{"version": "2.0.0"}', retain=True)
     cloud.publish(topics.cloud_alert("gw-a", "engine-1"), b"{}")
+    cloud.publish(topics.verdict("gw-a", "engine-1"), b"{}")
     for topic in (topics.uplink("gw-a"), topics.status("gw-a"), topics.escalate("gw-a"),
                   topics.alert("gw-a", "engine-1"), topics.state("gw-a", "engine-1")):
         gw_a.publish(topic, batch("gw-a"))
@@ -529,7 +535,7 @@ def test_the_agent_and_the_cloud_work_through_the_shipped_acl(pki_dir, tmp_path,
                    "every tick of the agent stored by the cloud")
         edge = lambda: httpx.get(f"http://127.0.0.1:{port}/metrics").text  # noqa: E731
         wait_until(lambda: metric(edge(), "pdm_edge_cloud_verdicts_total") >= 1, 30,
-                   "a cloud verdict received by the agent (cloud-alert through the ACL)")
+                   "a cloud verdict received by the agent (verdict through the ACL)")
         assert metric(edge(), "pdm_edge_escalations_total") >= 1
         gateways = {g["gateway"]: g for g in cloud.http.get("/api/v1/gateways").json()}
         assert gateways[gateway]["online"] is True

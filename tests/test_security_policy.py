@@ -97,6 +97,15 @@ def test_the_agent_uses_exactly_the_gateway_topics_of_the_contract():
     assert wills and all("retain=True" in line for line in wills)
 
 
+def test_the_viewer_reads_exactly_the_viewer_topics_and_writes_nothing():
+    uses = topic_uses("edge_agent", skip=tuple(
+        p.name for p in (REPO / "edge_agent").rglob("*.py") if p.name != "viewer.py"))
+    assert uses == {"publish": set(), "retain": set(),
+                    "subscribe": set(topics.VIEWER_SUBSCRIBES)}
+    # verdicts are the agent's business; the viewer shows state changes
+    assert "verdict" not in topics.VIEWER_SUBSCRIBES
+
+
 def test_the_cloud_uses_exactly_the_cloud_topics_of_the_contract():
     uses = topic_uses("cloud_service")
     assert uses["publish"] == set(topics.CLOUD_PUBLISHES)
@@ -135,7 +144,10 @@ def test_the_acl_grants_each_party_exactly_its_topics():
     acl = read_acl(ACL)
     assert acl.pop("") == set(), "anonymous clients must get nothing"
     gateway_write = set(topics.GATEWAY_PUBLISHES) | set(topics.PLANT_KINDS)
-    gateway_read = set(topics.GATEWAY_SUBSCRIBES) | set(topics.PLANT_KINDS)
+    gateway_read = (set(topics.GATEWAY_SUBSCRIBES) | set(topics.PLANT_KINDS)
+                    | set(topics.VIEWER_SUBSCRIBES))
+    # a gateway's identity never writes what the cloud says
+    assert not gateway_write & set(topics.CLOUD_PUBLISHES)
     assert acl.pop("%pattern") == (
         {("write", filter_for(k, "%u")) for k in gateway_write}
         | {("read", filter_for(k, "%u")) for k in gateway_read})

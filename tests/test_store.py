@@ -12,6 +12,7 @@ import math
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,12 @@ from cloud_service.metrics import Metrics
 from cloud_service.scoring import Scorer
 from cloud_service.store import (
     PARTITION_SECONDS,
+    AlertAlreadyAcknowledged,
+    AlertNotFound,
     AlertRow,
     AssetScore,
+    DriftCheck,
+    DriftEventRow,
     ModelConflict,
     ModelRow,
     PredictionRow,
@@ -194,6 +199,63 @@ def test_a_second_copy_of_scores_is_ignored(store):
     assert store.predicted_seqs(("gw1", "a1"), 0, 10) == {5}
 
 
+def test_an_alert_is_acknowledged_once_with_who_when_and_a_note(store):
+    store.write_ingest([Received(batch(0, 6), 1.0), Received(batch(0, 6, asset="a2"), 1.0)],
+                       [], [])
+    store.write_scores(ScoreWrite(
+        alerts=[AlertRow("gw1", a, 5, "cloud", "NORMAL", new, 0.9, 10.0, "cloud-1", T0 + 5,
+                         T0 + 10) for a, new in (("a1", "CRITICAL"), ("a2", "WARNING"))],
+        assets=[AssetScore(("gw1", "a1"), 5, 0.9, 10.0, "CRITICAL", T0 + 10, "cloud-1", T0 + 11),
+                AssetScore(("gw1", "a2"), 5, 0.6, 30.0, "WARNING", T0 + 10, "cloud-1",
+                           T0 + 11)]))
+    first, second = store.alerts(None, None, None, None, 0, 10)
+    assert first["acknowledged_by"] is None and first["acknowledged_at"] is None
+    assert first["ack_note"] is None
+    done = store.acknowledge_alert(first["id"], "Ada", "bearing swapped", T0 + 60)
+    assert (done["acknowledged_by"], done["acknowledged_at"], done["ack_note"]) == \
+        ("Ada", T0 + 60, "bearing swapped")
+    assert {k: v for k, v in done.items() if not k.startswith("ack")} == \
+        {k: v for k, v in first.items() if not k.startswith("ack")}
+    with pytest.raises(AlertAlreadyAcknowledged) as again:
+        store.acknowledge_alert(first["id"], "Bob", "me too", T0 + 90)
+    assert again.value.alert["acknowledged_by"] == "Ada" and "'Ada'" in str(again.value)
+    with pytest.raises(AlertNotFound):
+        store.acknowledge_alert(second["id"] + 1000, "Ada", "", T0)
+    # the first acknowledgement stands, and the filter splits the two
+    (kept,) = store.alerts(None, None, None, None, 0, 10, acknowledged=True)
+    assert kept["id"] == first["id"] and kept["acknowledged_by"] == "Ada"
+    (open_alert,) = store.alerts(None, None, None, None, 0, 10, acknowledged=False)
+    assert open_alert["id"] == second["id"]
+    # assets filter by their cloud alert state
+    assert [a["asset"] for a in store.assets(state="CRITICAL")] == ["a1"]
+    assert [a["asset"] for a in store.assets("gw1", "WARNING")] == ["a2"]
+    assert store.assets("gw2", "WARNING") == [] and store.assets(state="NORMAL") == []
+
+
+def test_acknowledging_at_once_lets_exactly_one_operator_win(store):
+    store.write_ingest([Received(batch(0, 6), 1.0)], [], [])
+    store.write_scores(ScoreWrite(alerts=[AlertRow("gw1", "a1", 5, "cloud", "NORMAL",
+                                                   "CRITICAL", 0.9, 10.0, "cloud-1", T0, T0)]))
+    (alert,) = store.alerts(None, None, None, None, 0, 10)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def acknowledge(name: str) -> None:
+        barrier.wait()
+        try:
+            store.acknowledge_alert(alert["id"], name, "", T0)
+            outcomes.append("won")
+        except AlertAlreadyAcknowledged:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=acknowledge, args=(f"op{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused"] * 3 + ["won"]
+
+
 def test_statuses_keep_the_newest_and_reports_move_rollout_steps(store):
     newer = GatewayStatus(gateway="gw1", online=False, time=20.0)
     older = GatewayStatus(gateway="gw1", online=True, time=10.0, model_version="m1")
@@ -310,6 +372,7 @@ def test_both_backends_answer_the_same(both):
     same("gateways")
     same("assets")
     same("assets", "gw1")
+    same("assets", None, "NORMAL")
     same("asset", "gw1", "a2")
     same("ticks", "gw1", "a1", -1, None, None, None, 100)
     same("predictions", "gw1", "a1", -1, None, 100)
@@ -720,3 +783,38 @@ def test_two_live_replicas_with_one_id_are_refused(store):
     replica(store, m, "same", []).heartbeat()
     with pytest.raises(OwnershipError, match="another live replica uses the id 'same'"):
         replica(store, m, "same", []).heartbeat()
+
+
+def test_drift_checks_are_kept_per_asset_and_events_listed_fenced_by_owner(store):
+    store.write_ingest([Received(batch(0, 10), 1.0), Received(batch(0, 10, asset="a2"), 1.0)],
+                       [], [])
+    scorer, _, _ = scorer_for(store, manifest())
+    scorer.heartbeat()  # replica "local" owns both assets now
+
+    def check(asset: str, state: str, score: float | None, at: float) -> DriftCheck:
+        return DriftCheck(gateway="gw1", asset=asset, state=state, score=score, ticks=10,
+                          last_seq=9, checked_at=at, model_version="core-1",
+                          detail=json.dumps({"features": [], "reason": None}))
+
+    raised = DriftEventRow(gateway="gw1", asset="a1", kind="raised", score=3.5,
+                           features=json.dumps(["s1", "s2"]), model_version="core-1", at=5.0)
+    assert store.write_drift([check("a1", "drift", 3.5, 5.0), check("a2", "ok", 0.01, 5.0)],
+                             [raised], owner="local") == set()
+    assert store.write_drift([check("a1", "watch", 0.2, 6.0)],
+                             [replace(raised, kind="cleared", score=0.2, at=6.0)],
+                             owner="local") == set()
+    # another replica's write for an asset it does not own changes nothing
+    assert store.write_drift([check("a1", "drift", 9.0, 7.0)], [replace(raised, at=7.0)],
+                             owner="other") == {("gw1", "a1")}
+    a1 = store.asset_drift("gw1", "a1")
+    assert a1 is not None and (a1["state"], a1["score"], a1["checked_at"]) == ("watch", 0.2, 6.0)
+    assert [(d["asset"], d["state"]) for d in store.asset_drifts()] == [("a1", "watch"),
+                                                                         ("a2", "ok")]
+    assert store.asset_drifts("nope") == [] and store.asset_drift("gw1", "a3") is None
+    events = store.drift_events(None, None, None, 0, 10)
+    assert [(e["asset"], e["kind"], e["score"]) for e in events] == [("a1", "raised", 3.5),
+                                                                      ("a1", "cleared", 0.2)]
+    assert json.loads(events[0]["features"]) == ["s1", "s2"]
+    assert [e["kind"] for e in store.drift_events("gw1", "a1", "cleared", 0, 10)] == ["cleared"]
+    assert store.drift_events(None, None, None, events[0]["id"], 10) == events[1:]
+    assert store.drift_events("gw1", "a2", None, 0, 10) == []

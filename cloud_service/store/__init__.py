@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING
 
 from cloud_service.store.base import (
     PARTITION_SECONDS,
+    AlertAlreadyAcknowledged,
+    AlertNotFound,
+    AlertStore,
+    DeliveryQueue,
     FleetReader,
     IngestStore,
     ModelConflict,
@@ -33,7 +37,10 @@ from cloud_service.store.rows import (
     AssetKey,
     AssetRow,
     AssetScore,
+    ClaimedDelivery,
     DeadLetterRow,
+    DriftCheck,
+    DriftEventRow,
     GatewayRow,
     Inserted,
     ModelRow,
@@ -47,9 +54,12 @@ from cloud_service.store.rows import (
     ShadowRow,
     StatusUpdate,
     StoredAlert,
+    StoredDrift,
+    StoredDriftEvent,
     StoredPrediction,
     TargetRequest,
     TickRow,
+    WebhookDelivery,
     WindowTicks,
 )
 from cloud_service.store.sqlite import SqliteStore
@@ -60,13 +70,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PARTITION_SECONDS", "AlertRow", "AssetKey", "AssetRow", "AssetScore",
-    "DeadLetterRow", "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
+    "PARTITION_SECONDS", "AlertAlreadyAcknowledged", "AlertNotFound", "AlertRow", "AlertStore",
+    "AssetKey", "AssetRow", "AssetScore", "ClaimedDelivery", "DeadLetterRow", "DeliveryQueue",
+    "DriftCheck", "DriftEventRow",
+    "FleetReader", "GatewayRow", "IngestStore", "Inserted", "ModelConflict",
     "ModelRow", "ModelStore", "PredictionRow", "Received", "ReportUpdate", "RolloutRow",
     "RolloutStore", "RolloutTargetRow", "ScoresStored", "ScoreWrite", "ScoringStore", "ShadowRow",
     "SqliteStore", "StatusUpdate", "Store", "StoreError", "StoreUnavailable", "StoreUrl",
-    "StoredAlert",
-    "StoredPrediction", "TargetRequest", "TickRow", "WindowTicks", "open_store",
+    "StoredAlert", "StoredDrift", "StoredDriftEvent",
+    "StoredPrediction", "TargetRequest", "TickRow", "WebhookDelivery", "WindowTicks", "open_store",
     "parse_store_url",
 ]
 

@@ -1,8 +1,8 @@
 """The store's interface, split by who uses it, its errors, its URL and the migration rule.
 
 Callers depend on the narrowest part they need: ingest on `IngestStore`, the scorer on
-`ScoringStore`, the API on `FleetReader`, the model registry on `ModelStore`, rollouts on
-`RolloutStore`. `Store` is all of them plus what the service itself needs (health,
+`ScoringStore`, the API on `FleetReader` and `AlertStore`, the model registry on `ModelStore`,
+rollouts on `RolloutStore`. `Store` is all of them plus what the service itself needs (health,
 retention, close). Both backends (`sqlite.py`, `postgres.py`) implement `Store`.
 """
 
@@ -21,7 +21,10 @@ from cloud_service.ownership import Membership, OwnedAsset
 from cloud_service.store.rows import (
     AssetKey,
     AssetRow,
+    ClaimedDelivery,
     DeadLetterRow,
+    DriftCheck,
+    DriftEventRow,
     GatewayRow,
     Inserted,
     ModelRow,
@@ -34,6 +37,8 @@ from cloud_service.store.rows import (
     ShadowRow,
     StatusUpdate,
     StoredAlert,
+    StoredDrift,
+    StoredDriftEvent,
     StoredPrediction,
     TargetRequest,
     TickRow,
@@ -55,6 +60,19 @@ class StoreUnavailable(StoreError):
 
 class ModelConflict(StoreError, ValueError):
     """A model version is already registered with other content."""
+
+
+class AlertNotFound(StoreError, LookupError):
+    """No alert has that id."""
+
+
+class AlertAlreadyAcknowledged(StoreError):
+    """The alert was acknowledged before; `alert` is the stored row, naming who did it."""
+
+    def __init__(self, alert: StoredAlert) -> None:
+        super().__init__(f"alert {alert['id']} was already acknowledged by "
+                         f"{alert['acknowledged_by']!r}")
+        self.alert = alert
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,10 @@ class ScoringStore(Protocol):
                       ) -> dict[AssetKey, WindowTicks]: ...
     def feature_set(self, feature_set_id: int) -> tuple[str, ...]: ...
     def write_scores(self, write: ScoreWrite, owner: str | None = None) -> ScoresStored: ...
+    # Input drift (cloud_service/drift.py): the latest check per asset and threshold events.
+    def write_drift(self, checks: Sequence[DriftCheck], events: Sequence[DriftEventRow],
+                    owner: str | None = None) -> set[AssetKey]: ...
+    def asset_drifts(self, gateway: str | None = None) -> list[StoredDrift]: ...
     # Ownership (cloud_service/ownership.py): leases, claims and the owned assets' state.
     def heartbeat(self, replica: str, token: str, lease: float) -> Membership: ...
     def claim_assets(self, replica: str, limit: int) -> list[AssetKey]: ...
@@ -153,19 +175,33 @@ class ScoringStore(Protocol):
 
 class FleetReader(Protocol):
     def gateways(self) -> list[GatewayRow]: ...
-    def assets(self, gateway: str | None = None) -> list[AssetRow]: ...
+    def assets(self, gateway: str | None = None,
+               state: str | None = None) -> list[AssetRow]: ...
     def asset(self, gateway: str, asset: str) -> AssetRow | None: ...
     def ticks(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
               since: float | None, until: float | None, limit: int) -> list[TickRow]: ...
     def predictions(self, gateway: str, asset: str, after_seq: int, to_seq: int | None,
                     limit: int) -> list[StoredPrediction]: ...
     def alerts(self, gateway: str | None, asset: str | None, state: str | None,
-               since: float | None, after_id: int, limit: int) -> list[StoredAlert]: ...
+               since: float | None, after_id: int, limit: int,
+               acknowledged: bool | None = None) -> list[StoredAlert]: ...
+    def asset_drift(self, gateway: str, asset: str) -> StoredDrift | None: ...
+    def asset_drifts(self, gateway: str | None = None) -> list[StoredDrift]: ...
+    def drift_events(self, gateway: str | None, asset: str | None, kind: str | None,
+                     after_id: int, limit: int) -> list[StoredDriftEvent]: ...
     def dead_letters(self, reason: str | None, after_id: int,
                      limit: int) -> list[DeadLetterRow]: ...
     def dead_letter_counts(self) -> dict[str, int]: ...
     def shadow_report(self, version: str, shadow_cut: float,
                       cut: float) -> list[ShadowRow]: ...
+
+
+class AlertStore(Protocol):
+    def acknowledge_alert(self, alert_id: int, by: str, note: str,
+                          at: float) -> StoredAlert:
+        """Mark the alert acknowledged by `by` at `at` with `note`, once: AlertNotFound for an
+        unknown id, AlertAlreadyAcknowledged when someone did it before."""
+        ...
 
 
 class ModelStore(Protocol):
@@ -185,7 +221,31 @@ class RolloutStore(Protocol):
                        steps: dict[str, tuple[str, str | None]]) -> None: ...
 
 
-class Store(IngestStore, ScoringStore, FleetReader, ModelStore, RolloutStore, Protocol):
+class DeliveryQueue(Protocol):
+    """The webhook delivery queue (`notifications.py`). Deliveries enter it with their alert
+    (`write_scores`); a claim makes one replica their only sender for a while."""
+
+    def claim_deliveries(self, replica: str, limit: int, hold: float) -> list[ClaimedDelivery]:
+        """Up to `limit` deliveries that are due and not claimed by a live claim, held by
+        `replica` for `hold` seconds; oldest due first."""
+        ...
+
+    def finish_delivery(self, delivery: int, replica: str, delivered: bool,
+                        error: str | None = None) -> bool:
+        """Delivered, or given up; False if the claim had lapsed to another replica."""
+        ...
+
+    def retry_delivery(self, delivery: int, replica: str, delay: float, error: str) -> bool:
+        """Count a failed attempt and make the delivery due again in `delay` seconds."""
+        ...
+
+    def pending_deliveries(self) -> int:
+        """Deliveries not yet delivered nor given up (the queue's depth)."""
+        ...
+
+
+class Store(IngestStore, ScoringStore, FleetReader, AlertStore, ModelStore, RolloutStore,
+            DeliveryQueue, Protocol):
     """Everything, for the service that owns the store."""
 
     where: str  # StoreUrl.describe(): for messages

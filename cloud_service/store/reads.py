@@ -1,16 +1,18 @@
 """Reads whose SQL is the same on both backends but for the parameter mark (`?` in SQLite,
-`%s` in psycopg): the fleet, models and rollouts the API reads, and the scorer's list of
-owned assets. Each backend
-inherits them and supplies `_rows` (dict rows) and `feature_set`."""
+`%s` in psycopg): the fleet, models and rollouts the API reads, the scorer's list of owned
+assets, and the API's one small write (acknowledging an alert). Each backend inherits them and
+supplies `_rows` (dict rows), `_write` (one transaction) and `feature_set`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, cast
 
 import numpy as np
 
 from cloud_service.ownership import OwnedAsset
+from cloud_service.store.base import AlertAlreadyAcknowledged, AlertNotFound
 from cloud_service.store.rows import (
     AssetRow,
     DeadLetterRow,
@@ -19,6 +21,8 @@ from cloud_service.store.rows import (
     RolloutRow,
     RolloutTargetRow,
     StoredAlert,
+    StoredDrift,
+    StoredDriftEvent,
     StoredPrediction,
     TickRow,
 )
@@ -32,6 +36,9 @@ class SharedReads:
     def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict]:
         raise NotImplementedError
 
+    def _write(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
     def feature_set(self, feature_set_id: int) -> tuple[str, ...]:
         raise NotImplementedError
 
@@ -42,11 +49,16 @@ class SharedReads:
             "(SELECT count(*) FROM assets a WHERE a.gateway = g.gateway) AS assets "
             "FROM gateways g ORDER BY g.gateway"))
 
-    def assets(self, gateway: str | None = None) -> list[AssetRow]:
-        if gateway is None:
-            return cast(list[AssetRow], self._rows("SELECT * FROM assets ORDER BY gateway, asset"))
-        return cast(list[AssetRow], self._rows(
-            f"SELECT * FROM assets WHERE gateway = {self.MARK} ORDER BY asset", (gateway,)))
+    def assets(self, gateway: str | None = None,
+               state: str | None = None) -> list[AssetRow]:
+        """Every asset, or those of one gateway, or those in one cloud alert state."""
+        m = self.MARK
+        sql, params = "SELECT * FROM assets WHERE TRUE", []
+        for condition, value in ((f"gateway = {m}", gateway), (f"cloud_state = {m}", state)):
+            if value is not None:
+                sql += f" AND {condition}"
+                params.append(value)
+        return cast(list[AssetRow], self._rows(sql + " ORDER BY gateway, asset", params))
 
     def asset(self, gateway: str, asset: str) -> AssetRow | None:
         m = self.MARK
@@ -112,7 +124,8 @@ class SharedReads:
         return cast(list[StoredPrediction], self._rows(sql, params))
 
     def alerts(self, gateway: str | None, asset: str | None, state: str | None,
-               since: float | None, after_id: int, limit: int) -> list[StoredAlert]:
+               since: float | None, after_id: int, limit: int,
+               acknowledged: bool | None = None) -> list[StoredAlert]:
         m = self.MARK
         sql = f"SELECT * FROM alerts WHERE id > {m}"
         params: list[Any] = [after_id]
@@ -121,9 +134,57 @@ class SharedReads:
             if value is not None:
                 sql += f" AND {condition}"
                 params.append(value)
+        if acknowledged is not None:
+            sql += f" AND acknowledged_at IS {'NOT ' if acknowledged else ''}NULL"
         sql += f" ORDER BY id LIMIT {m}"
         params.append(limit)
         return cast(list[StoredAlert], self._rows(sql, params))
+
+    def acknowledge_alert(self, alert_id: int, by: str, note: str,
+                          at: float) -> StoredAlert:
+        """Once only: the update takes the row only while nobody has acknowledged it, so of two
+        operators at the same moment one wins and the other is told who."""
+        m = self.MARK
+        with self._write() as conn:
+            taken = conn.execute(
+                f"UPDATE alerts SET acknowledged_by = {m}, acknowledged_at = {m}, "
+                f"ack_note = {m} WHERE id = {m} AND acknowledged_at IS NULL RETURNING id",
+                (by, at, note, alert_id)).fetchone()
+        rows = self._rows(f"SELECT * FROM alerts WHERE id = {m}", (alert_id,))
+        if not rows:
+            raise AlertNotFound(f"no alert {alert_id}")
+        row = cast(StoredAlert, rows[0])
+        if taken is None:
+            raise AlertAlreadyAcknowledged(row)
+        return row
+
+    def asset_drift(self, gateway: str, asset: str) -> StoredDrift | None:
+        m = self.MARK
+        rows = self._rows(f"SELECT * FROM asset_drift WHERE gateway = {m} AND asset = {m}",
+                          (gateway, asset))
+        return cast(StoredDrift, rows[0]) if rows else None
+
+    def asset_drifts(self, gateway: str | None = None) -> list[StoredDrift]:
+        """The latest drift check of every asset (of one gateway) that has one."""
+        if gateway is None:
+            return cast(list[StoredDrift], self._rows(
+                "SELECT * FROM asset_drift ORDER BY gateway, asset"))
+        return cast(list[StoredDrift], self._rows(
+            f"SELECT * FROM asset_drift WHERE gateway = {self.MARK} ORDER BY asset", (gateway,)))
+
+    def drift_events(self, gateway: str | None, asset: str | None, kind: str | None,
+                     after_id: int, limit: int) -> list[StoredDriftEvent]:
+        m = self.MARK
+        sql = f"SELECT * FROM drift_events WHERE id > {m}"
+        params: list[Any] = [after_id]
+        for condition, value in ((f"gateway = {m}", gateway), (f"asset = {m}", asset),
+                                 (f"kind = {m}", kind)):
+            if value is not None:
+                sql += f" AND {condition}"
+                params.append(value)
+        sql += f" ORDER BY id LIMIT {m}"
+        params.append(limit)
+        return cast(list[StoredDriftEvent], self._rows(sql, params))
 
     def dead_letters(self, reason: str | None, after_id: int,
                      limit: int) -> list[DeadLetterRow]:

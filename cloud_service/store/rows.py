@@ -117,11 +117,32 @@ class AssetScore:
     pending_count: int = 0
 
 
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One alert to send to one webhook, queued in the transaction that stores the alert.
+    `delivery_id` is derived from the alert and the webhook, so queueing it again is a no-op."""
+
+    delivery_id: str
+    webhook: str
+    gateway: str
+    asset: str
+    event: str  # the AlertEvent as JSON
+    created_at: float
+
+
 @dataclass
 class ScoreWrite:
     predictions: list[PredictionRow] = field(default_factory=list)
     alerts: list[AlertRow] = field(default_factory=list)
     assets: list[AssetScore] = field(default_factory=list)
+    deliveries: list[WebhookDelivery] = field(default_factory=list)
+
+
+def written_assets(write: ScoreWrite) -> set[AssetKey]:
+    """Every asset a score write touches (the owner fence checks each)."""
+    return ({(p.gateway, p.asset) for p in write.predictions}
+            | {(a.gateway, a.asset) for a in write.alerts} | {a.key for a in write.assets}
+            | {(d.gateway, d.asset) for d in write.deliveries})
 
 
 def without_assets(write: ScoreWrite, keys: set[AssetKey]) -> ScoreWrite:
@@ -129,7 +150,41 @@ def without_assets(write: ScoreWrite, keys: set[AssetKey]) -> ScoreWrite:
     return ScoreWrite(
         predictions=[p for p in write.predictions if (p.gateway, p.asset) not in keys],
         alerts=[a for a in write.alerts if (a.gateway, a.asset) not in keys],
-        assets=[a for a in write.assets if a.key not in keys])
+        assets=[a for a in write.assets if a.key not in keys],
+        deliveries=[d for d in write.deliveries if (d.gateway, d.asset) not in keys])
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """The latest drift judgement of one asset (contract/drift.py); `detail` is the report as
+    JSON (per feature PSI and state, ticks per regime, why it is unavailable)."""
+
+    gateway: str
+    asset: str
+    state: str
+    score: float | None
+    ticks: int
+    last_seq: int | None
+    checked_at: float
+    model_version: str
+    detail: str
+
+    @property
+    def key(self) -> AssetKey:
+        return (self.gateway, self.asset)
+
+
+@dataclass(frozen=True)
+class DriftEventRow:
+    """An asset crossed the drift threshold (`raised`) or came back under it (`cleared`)."""
+
+    gateway: str
+    asset: str
+    kind: str
+    score: float | None
+    features: str  # JSON list of the drifting features
+    model_version: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -139,6 +194,21 @@ class ScoresStored:
 
     refused: set[AssetKey]
     duplicates: int
+
+
+# -- notifications -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A queued delivery this replica holds until `finish_delivery` or `retry_delivery` (or
+    until its claim lapses, when another replica may take it)."""
+
+    id: int
+    delivery_id: str
+    webhook: str
+    event: str
+    attempts: int  # made before this one
+    created_at: float
 
 
 # -- API reads (one key per stored column) -------------------------------------------------
@@ -214,6 +284,32 @@ class StoredAlert(TypedDict):
     model_version: str | None
     tick_time: float | None
     published_at: float
+    acknowledged_by: str | None
+    acknowledged_at: float | None
+    ack_note: str | None
+
+
+class StoredDrift(TypedDict):
+    gateway: str
+    asset: str
+    state: str
+    score: float | None
+    ticks: int
+    last_seq: int | None
+    checked_at: float
+    model_version: str | None
+    detail: str  # JSON
+
+
+class StoredDriftEvent(TypedDict):
+    id: int
+    gateway: str
+    asset: str
+    kind: str
+    score: float | None
+    features: str  # JSON list
+    model_version: str | None
+    at: float
 
 
 class DeadLetterRow(TypedDict):

@@ -37,6 +37,9 @@ from cloud_service.store.base import (
 from cloud_service.store.reads import SharedReads
 from cloud_service.store.rows import (
     AssetKey,
+    ClaimedDelivery,
+    DriftCheck,
+    DriftEventRow,
     Inserted,
     ModelRow,
     Received,
@@ -47,8 +50,10 @@ from cloud_service.store.rows import (
     ShadowRow,
     StatusUpdate,
     TargetRequest,
+    WebhookDelivery,
     WindowTicks,
     without_assets,
+    written_assets,
 )
 
 BUSY_TIMEOUT_MS = 30_000
@@ -229,6 +234,60 @@ ALTER TABLE "assets" ADD COLUMN "cloud_pending" TEXT;
 ALTER TABLE "assets" ADD COLUMN "cloud_pending_count" INTEGER;
 ALTER TABLE "predictions" ADD COLUMN "scored_by" TEXT;
 CREATE INDEX IF NOT EXISTS "idx_assets_owner_last_seen" ON "assets" ("owner", "last_seen");
+    """,
+    # 4: an operator acknowledges an alert: who, when, and a note.
+    """
+ALTER TABLE "alerts" ADD COLUMN "acknowledged_by" TEXT;
+ALTER TABLE "alerts" ADD COLUMN "acknowledged_at" REAL;
+ALTER TABLE "alerts" ADD COLUMN "ack_note" TEXT;
+    """,
+    # 5: input drift: each asset's latest check, and the events when it crossed the threshold.
+    """
+CREATE TABLE IF NOT EXISTS "asset_drift" (
+   "gateway" TEXT,
+   "asset" TEXT,
+   "state" TEXT NOT NULL,
+   "score" REAL,
+   "ticks" INTEGER NOT NULL,
+   "last_seq" INTEGER,
+   "checked_at" REAL NOT NULL,
+   "model_version" TEXT,
+   "detail" TEXT NOT NULL,
+   PRIMARY KEY ("gateway", "asset")
+);
+CREATE TABLE IF NOT EXISTS "drift_events" (
+   "id" INTEGER PRIMARY KEY,
+   "gateway" TEXT NOT NULL,
+   "asset" TEXT NOT NULL,
+   "kind" TEXT NOT NULL,
+   "score" REAL,
+   "features" TEXT NOT NULL,
+   "model_version" TEXT,
+   "at" REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "idx_drift_events_asset" ON "drift_events" ("gateway", "asset");
+    """,
+    # 6: the webhook delivery queue: one row per alert and webhook, claimed by one replica at
+    # a time, kept (delivered or failed) as the record of what was sent.
+    """
+CREATE TABLE IF NOT EXISTS "webhook_deliveries" (
+   "id" INTEGER PRIMARY KEY,
+   "delivery_id" TEXT NOT NULL UNIQUE,
+   "webhook" TEXT NOT NULL,
+   "gateway" TEXT NOT NULL,
+   "asset" TEXT NOT NULL,
+   "event" TEXT NOT NULL,
+   "created_at" REAL NOT NULL,
+   "status" TEXT NOT NULL DEFAULT 'pending',
+   "attempts" INTEGER NOT NULL DEFAULT 0,
+   "next_attempt_at" REAL NOT NULL,
+   "claimed_by" TEXT,
+   "claimed_until" REAL,
+   "finished_at" REAL,
+   "last_error" TEXT
+);
+CREATE INDEX IF NOT EXISTS "idx_webhook_deliveries_due"
+    ON "webhook_deliveries" ("status", "next_attempt_at");
     """,
 ]
 
@@ -523,8 +582,7 @@ class SqliteStore(SharedReads):
         with self._write() as conn:
             refused: set[AssetKey] = set()
             if owner is not None:
-                keys = ({(p.gateway, p.asset) for p in write.predictions}
-                        | {a.key for a in write.assets})
+                keys = written_assets(write)
                 for key in keys:
                     row = conn.execute("SELECT owner FROM assets WHERE gateway = ? AND asset = ?",
                                        key).fetchone()
@@ -557,7 +615,82 @@ class SqliteStore(SharedReads):
                 [(a.seq, a.probability, a.rul, a.state, a.state_since, a.model_version,
                   a.scored_at, a.pending, a.pending_count, *a.key, a.seq)
                  for a in write.assets])
+            self._queue_deliveries(conn, write.deliveries)
         return ScoresStored(refused, duplicates)
+
+    # -- webhook deliveries (cloud_service/notifications.py) --------------------------------
+
+    @staticmethod
+    def _queue_deliveries(conn: sqlite3.Connection, deliveries: list[WebhookDelivery]) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO webhook_deliveries (delivery_id, webhook, gateway, asset, "
+            "event, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(d.delivery_id, d.webhook, d.gateway, d.asset, d.event, d.created_at,
+              d.created_at) for d in deliveries])
+
+    def claim_deliveries(self, replica: str, limit: int, hold: float) -> list[ClaimedDelivery]:
+        now = time.time()
+        with self._write() as conn:  # the write lock orders claims: no row goes to two
+            rows = conn.execute(
+                "UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ? "
+                "WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' "
+                "AND next_attempt_at <= ? AND coalesce(claimed_until, 0) < ? "
+                "ORDER BY next_attempt_at, id LIMIT ?) "
+                "RETURNING id, delivery_id, webhook, event, attempts, created_at",
+                (replica, now + hold, now, now, limit)).fetchall()
+        return sorted((ClaimedDelivery(*row) for row in rows), key=lambda d: d.id)
+
+    def finish_delivery(self, delivery: int, replica: str, delivered: bool,
+                        error: str | None = None) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                "UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, "
+                "finished_at = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL "
+                "WHERE id = ? AND claimed_by = ? AND status = 'pending'",
+                ("delivered" if delivered else "failed", time.time(), error, delivery,
+                 replica)).rowcount
+        return done == 1
+
+    def retry_delivery(self, delivery: int, replica: str, delay: float, error: str) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?, "
+                "last_error = ?, claimed_by = NULL, claimed_until = NULL "
+                "WHERE id = ? AND claimed_by = ? AND status = 'pending'",
+                (time.time() + delay, error, delivery, replica)).rowcount
+        return done == 1
+
+    def pending_deliveries(self) -> int:
+        (n,) = self._db().conn.execute(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'").fetchone()
+        return int(n)
+    def write_drift(self, checks: Sequence[DriftCheck], events: Sequence[DriftEventRow],
+                    owner: str | None = None) -> set[AssetKey]:
+        """Store drift checks and events; with `owner`, only for the assets that replica still
+        owns (checked in the transaction). Returns the assets refused."""
+        with self._write() as conn:
+            refused: set[AssetKey] = set()
+            if owner is not None:
+                for key in {c.key for c in checks} | {(e.gateway, e.asset) for e in events}:
+                    row = conn.execute("SELECT owner FROM assets WHERE gateway = ? AND asset = ?",
+                                       key).fetchone()
+                    if row is None or row[0] != owner:
+                        refused.add(key)
+            conn.executemany(
+                "INSERT INTO asset_drift (gateway, asset, state, score, ticks, last_seq, "
+                "checked_at, model_version, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (gateway, asset) DO UPDATE SET state = excluded.state, "
+                "score = excluded.score, ticks = excluded.ticks, last_seq = excluded.last_seq, "
+                "checked_at = excluded.checked_at, model_version = excluded.model_version, "
+                "detail = excluded.detail",
+                [(c.gateway, c.asset, c.state, c.score, c.ticks, c.last_seq, c.checked_at,
+                  c.model_version, c.detail) for c in checks if c.key not in refused])
+            conn.executemany(
+                "INSERT INTO drift_events (gateway, asset, kind, score, features, model_version, "
+                "at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.gateway, e.asset, e.kind, e.score, e.features, e.model_version, e.at)
+                 for e in events if (e.gateway, e.asset) not in refused])
+        return refused
 
     # -- ownership (cloud_service/ownership.py) ---------------------------------------------
 
