@@ -20,7 +20,7 @@ from converter.recipe import ARCHITECTURES, DEFAULT_WINDOW, ModelConfig
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=HELP_OPTIONS,
                   pretty_exceptions_enable=False,
-                  help="Train the LSTM, quantize it for the edge, check parity, write signed "
+                  help="Train the model, quantize it for the edge, check parity, write signed "
                        "model bundles.")
 console = Console(stderr=True, width=None if os.isatty(2) else 140, log_path=False)
 

@@ -460,7 +460,8 @@ def test_default_bundle_scores_cmapss_ticks(tmp_path, broker, publisher, data_di
 
     manifest = verify_bundle(DEFAULT_BUNDLE, [DEFAULT_BUNDLE_KEY])
     rows = read_cmapss(data_dir / "test_FD001.txt")
-    unit = rows[rows[:, 0] == rows[0, 0]]
+    units = [rows[rows[:, 0] == u] for u in np.unique(rows[:, 0])]
+    unit = next(u for u in units if len(u) > manifest.window)  # long enough to be scored
     cols = [COLUMNS.index(f) for f in manifest.features]
     values = unit[:, cols].astype(np.float32)
     n = len(values)

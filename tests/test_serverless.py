@@ -20,6 +20,7 @@ from cloud_service.serverless.model import load
 from cloud_service.store import open_store
 from cloud_service.windows import assemble_windows
 from contract import codec, topics
+from contract.bundle import read_manifest
 from contract.payloads import UplinkBatch
 from contract.preprocess import normalise
 from tests.conftest import DEFAULT_BUNDLE, DEFAULT_BUNDLE_KEY
@@ -27,6 +28,7 @@ from tests.support.procs import track
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"PDM_BUNDLE": str(DEFAULT_BUNDLE), "PDM_BUNDLE_KEY": str(DEFAULT_BUNDLE_KEY)}
+W = read_manifest(DEFAULT_BUNDLE).window  # window length of the default bundle
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +111,10 @@ def test_http_scores_like_the_container(loaded, keras):
     ({"rows": []}, '"windows"'),
     ({"windows": []}, "non-empty"),
     ({"windows": [[[1.0, 2.0]]]}, "rows of"),
-    ({"windows": [[["x"] * 14] * 30]}, "rows of"),
-    ({"windows": [[[float("nan")] * 14] * 30]}, "non-finite"),
-    ({"windows": [[[0.0] * 14] * 30], "features": ["a"]}, "lack"),
-    ({"windows": [[[0.0] * 14] * 30], "extra": 1}, "unknown"),
+    ({"windows": [[["x"] * 14] * W]}, "rows of"),
+    ({"windows": [[[float("nan")] * 14] * W]}, "non-finite"),
+    ({"windows": [[[0.0] * 14] * W], "features": ["a"]}, "lack"),
+    ({"windows": [[[0.0] * 14] * W], "extra": 1}, "unknown"),
 ])
 def test_http_bad_input_is_a_400_with_the_reason(loaded, body, reason):
     event = http_event(body)
