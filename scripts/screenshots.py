@@ -65,6 +65,18 @@ def acknowledge_one(api: str, token: str, asset: str) -> None:
              {"by": "j.doe", "note": "bearing noise confirmed on site; swap booked for Monday"})
 
 
+def wait_for_drift(api: str, token: str, asset: str, limit: float = 90.0) -> None:
+    """Drift is judged at most every `drift.interval` seconds, on ticks that arrived since the
+    last check: wait until the photographed asset has a verdict over its whole replay."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        drift = call(api, token, f"/api/v1/assets/{GATEWAY}/{asset}/drift")
+        if drift.get("state") != "unavailable" or "training statistics" in str(drift.get("reason")):
+            return
+        time.sleep(2)
+    print(f"drift of {asset} still unavailable after {limit:.0f} s; photographed as it is")
+
+
 def shoot(api: str, token: str, out: Path, asset: str) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -108,6 +120,7 @@ def main() -> None:
             acknowledge_one(api, token, args.asset)
         except urllib.error.HTTPError as exc:
             print(f"could not acknowledge an alert ({exc.code}): the alerts page shows none")
+        wait_for_drift(api, token, args.asset)
         shoot(api, token, args.out, args.asset)
     finally:
         proc.send_signal(signal.SIGINT)
