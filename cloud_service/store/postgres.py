@@ -194,6 +194,20 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0].strip()
 
 
+def _refused_assets(cur: psycopg.Cursor, keys: Iterable[AssetKey], owner: str) -> set[AssetKey]:
+    """Of `keys`, those `owner` no longer owns; the owned rows stay locked (in key order, so
+    two writers cannot deadlock) until the transaction ends, fencing the write."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return set()
+    mine = {(g, a) for g, a in cur.execute(
+        "SELECT gateway, asset FROM assets WHERE (gateway, asset) IN "
+        "(SELECT * FROM unnest(%s::text[], %s::text[])) AND owner = %s "
+        "ORDER BY gateway, asset FOR UPDATE",
+        ([k[0] for k in ordered], [k[1] for k in ordered], owner)).fetchall()}
+    return set(ordered) - mine
+
+
 def _partition_name(table: str, day: int) -> str:
     return f"{table}_d{day}" if day >= 0 else f"{table}_dm{-day}"
 
@@ -657,16 +671,9 @@ class PostgresStore(SharedReads):
         duplicates = 0
         with self._write() as conn, conn.cursor() as cur:
             if owner is not None:
-                keys = sorted(written_assets(write))
-                if keys:
-                    mine = {(g, a) for g, a in cur.execute(
-                        "SELECT gateway, asset FROM assets WHERE (gateway, asset) IN "
-                        "(SELECT * FROM unnest(%s::text[], %s::text[])) AND owner = %s "
-                        "ORDER BY gateway, asset FOR UPDATE",
-                        ([k[0] for k in keys], [k[1] for k in keys], owner)).fetchall()}
-                    refused = set(keys) - mine
-                    if refused:
-                        write = without_assets(write, refused)
+                refused = _refused_assets(cur, written_assets(write), owner)
+                if refused:
+                    write = without_assets(write, refused)
             if write.predictions:
                 rows = write.predictions
                 cur.execute(
@@ -760,14 +767,8 @@ class PostgresStore(SharedReads):
         refused: set[AssetKey] = set()
         with self._write() as conn, conn.cursor() as cur:
             if owner is not None:
-                keys = sorted({c.key for c in checks} | {(e.gateway, e.asset) for e in events})
-                if keys:
-                    mine = {(g, a) for g, a in cur.execute(
-                        "SELECT gateway, asset FROM assets WHERE (gateway, asset) IN "
-                        "(SELECT * FROM unnest(%s::text[], %s::text[])) AND owner = %s "
-                        "ORDER BY gateway, asset FOR UPDATE",
-                        ([k[0] for k in keys], [k[1] for k in keys], owner)).fetchall()}
-                    refused = set(keys) - mine
+                refused = _refused_assets(
+                    cur, {c.key for c in checks} | {(e.gateway, e.asset) for e in events}, owner)
             rows = [(c.gateway, c.asset, c.state, c.score, c.ticks, c.last_seq, c.checked_at,
                      c.model_version, c.detail)
                     for c in sorted(checks, key=lambda c: c.key) if c.key not in refused]
