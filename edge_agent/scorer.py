@@ -73,6 +73,11 @@ class Scorer:
         self._in_scale, self._in_zero = self._in["quantization"]
         self._out_scale, self._out_zero = self._out["quantization"]
         self._in_dtype = self._in["dtype"]
+        # np.iinfo and np.clip's wrapper cost as much as the invoke of a small int8 model: the
+        # bounds are looked up once and the quantization below is a few in-place ufuncs
+        if self._in_dtype != np.float32:
+            info = np.iinfo(self._in_dtype)
+            self._in_bounds = (float(info.min), float(info.max))
         if tuple(self._out["shape"][-1:]) != (2,):
             raise ModelLoadError(f"{model_path}: output shape {list(self._out['shape'])}, "
                                  "expected [batch, 2] (probability, rul_fraction)")
@@ -81,8 +86,11 @@ class Scorer:
         """Model outputs (probability, rul_fraction) for one normalised (W, F) window."""
         x = window[None, ...]
         if self._in_dtype != np.float32:
-            info = np.iinfo(self._in_dtype)
-            x = np.clip(np.round(x / self._in_scale + self._in_zero), info.min, info.max)
+            x = x / self._in_scale
+            x += self._in_zero
+            np.rint(x, out=x)
+            np.maximum(x, self._in_bounds[0], out=x)
+            np.minimum(x, self._in_bounds[1], out=x)
         with self._lock:
             self._interp.set_tensor(self._in["index"], x.astype(self._in_dtype, copy=False))
             self._interp.invoke()
