@@ -17,6 +17,7 @@ seconds per asset check.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -142,11 +143,12 @@ def drift_level(model, manifest: Manifest, series: list[np.ndarray], tmp: Path,
             "ms_per_asset_check": 1000 * check_s / checks if checks else None}
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    """`argv` None (the `python -m bench` runner): the defaults."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=4096, help="windows for the model level")
     ap.add_argument("--single", type=int, default=300, help="one-per-window calls to time")
-    args = ap.parse_args()
+    args = ap.parse_args(argv if argv is not None else [])
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         folder, key, which = bundle(tmp)
@@ -215,4 +217,4 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

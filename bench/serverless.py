@@ -112,11 +112,12 @@ def container_row(windows: np.ndarray, warm: int) -> dict:
             "peak_rss_mb": None, "warm_ms_per_window": per_window, "warm_calls": warm}
 
 
-def main() -> list[dict]:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """`argv` None (the `python -m bench` runner): the defaults."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warm", type=int, default=200, help="warm invocations per handler")
     ap.add_argument("--json", type=Path, help="write the per-variant records here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv if argv is not None else [])
     manifest = verify_bundle(BUNDLE, [BUNDLE_KEY])
     series = [s for s in unit_series(manifest, 20) if len(s) >= manifest.window]
     windows = np.concatenate([sliding_windows(s, manifest.window) for s in series])[:512]
@@ -158,4 +159,4 @@ def main() -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
