@@ -27,6 +27,8 @@ class Recorder:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self._pending: set[int] = set()
         self.client.reconnect_delay_set(0.2, 1)
         props = None
         if persistent:
@@ -41,9 +43,16 @@ class Recorder:
             raise RuntimeError("recorder could not connect")
 
     def _on_connect(self, client, userdata, flags, rc, props) -> None:
-        for f in self.filters:
-            client.subscribe(f, qos=1)
-        self.connected.set()
+        # "connected" once the broker has acknowledged every subscription: a test that stops
+        # the broker right after the recorder is up must not leave a session without them
+        self._pending = {client.subscribe(f, qos=1)[1] for f in self.filters}
+        if not self._pending:
+            self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, props) -> None:
+        self._pending.discard(mid)
+        if not self._pending:
+            self.connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
         with self.cond:
