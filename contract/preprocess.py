@@ -10,6 +10,7 @@ window stays whole, and the flag says its score is less trustworthy).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -174,3 +175,36 @@ def normalised_window(raw_ticks: np.ndarray, manifest: Manifest) -> np.ndarray:
 
 def rul_from_output(rul_fraction: np.ndarray | float, manifest: Manifest) -> np.ndarray:
     return np.clip(np.asarray(rul_fraction, np.float32), 0.0, 1.0) * manifest.rul_cap
+
+
+@functools.cache
+def _integer_bounds(dtype: np.dtype) -> tuple[float, float]:
+    info = np.iinfo(dtype)
+    return float(info.min), float(info.max)
+
+
+def to_model_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float windows as the tensor a TFLite model takes (`detail`: the interpreter's input
+    details): quantized with the input's own scale and zero point when the model is integer,
+    unchanged otherwise. The converter's parity gate and the gateway share it, so the gate
+    measures exactly what the gateway runs. In-place ufuncs and cached bounds: np.iinfo and
+    np.clip's wrapper cost as much as one invoke of a small int8 model."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return np.asarray(x, dtype)
+    scale, zero = detail["quantization"]
+    q = np.asarray(x, np.float32) / scale
+    q += zero
+    np.rint(q, out=q)
+    low, high = _integer_bounds(dtype)
+    np.maximum(q, low, out=q)
+    np.minimum(q, high, out=q)
+    return q.astype(dtype)
+
+
+def from_model_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    """The model's output tensor as float32, dequantized when the model is integer."""
+    if np.dtype(detail["dtype"]).kind == "f":
+        return np.asarray(y, np.float32)
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * scale

@@ -15,27 +15,8 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from contract.manifest import Tolerances
+from contract.preprocess import from_model_output, to_model_input
 from converter.data import Windows, failure_label
-
-
-def to_model_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Float windows as the tensor the model takes: quantized with the input's own scale and
-    zero point when the model is integer, unchanged otherwise."""
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return np.asarray(x, dtype)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(np.asarray(x, np.float32) / scale + zero), info.min,
-                   info.max).astype(dtype)
-
-
-def from_model_output(y: np.ndarray, detail: dict) -> np.ndarray:
-    """The model's output tensor as float32, dequantized when the model is integer."""
-    if np.dtype(detail["dtype"]).kind == "f":
-        return np.asarray(y, np.float32)
-    scale, zero = detail["quantization"]
-    return (y.astype(np.float32) - zero) * scale
 
 
 class LiteModel:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.manifest import Manifest
-from contract.preprocess import Normaliser, rul_from_output
+from contract.preprocess import Normaliser, from_model_output, rul_from_output, to_model_input
 
 
 class ModelLoadError(RuntimeError):
@@ -70,34 +70,18 @@ class Scorer:
         self.normaliser = Normaliser.of(manifest)
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
-        self._in_scale, self._in_zero = self._in["quantization"]
-        self._out_scale, self._out_zero = self._out["quantization"]
-        self._in_dtype = self._in["dtype"]
-        # np.iinfo and np.clip's wrapper cost as much as the invoke of a small int8 model: the
-        # bounds are looked up once and the quantization below is a few in-place ufuncs
-        if self._in_dtype != np.float32:
-            info = np.iinfo(self._in_dtype)
-            self._in_bounds = (float(info.min), float(info.max))
         if tuple(self._out["shape"][-1:]) != (2,):
             raise ModelLoadError(f"{model_path}: output shape {list(self._out['shape'])}, "
                                  "expected [batch, 2] (probability, rul_fraction)")
 
     def raw(self, window: np.ndarray) -> np.ndarray:
         """Model outputs (probability, rul_fraction) for one normalised (W, F) window."""
-        x = window[None, ...]
-        if self._in_dtype != np.float32:
-            x = x / self._in_scale
-            x += self._in_zero
-            np.rint(x, out=x)
-            np.maximum(x, self._in_bounds[0], out=x)
-            np.minimum(x, self._in_bounds[1], out=x)
+        x = to_model_input(window[None, ...], self._in)
         with self._lock:
-            self._interp.set_tensor(self._in["index"], x.astype(self._in_dtype, copy=False))
+            self._interp.set_tensor(self._in["index"], x)
             self._interp.invoke()
             y = self._interp.get_tensor(self._out["index"])[0]
-        if self._out["dtype"] != np.float32:
-            y = (y.astype(np.float32) - self._out_zero) * self._out_scale
-        return y
+        return from_model_output(y, self._out)
 
     def normalise(self, window: np.ndarray) -> np.ndarray:
         """A raw (W, C) window (the manifest's columns) as this model's input (W, F)."""
