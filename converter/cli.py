@@ -87,6 +87,9 @@ def train(
     time_col: str = typer.Option("time", help="CSV column with the tick time"),
     features: str = typer.Option(None, help="CSV feature columns, comma separated "
                                             "(default: all others)"),
+    age: bool = typer.Option(True, "--age/--no-age",
+                             help="C-MAPSS: the engine's age in cycles (column `cycle`) is a "
+                                  "model input, so gateways must send it with every tick"),
     window: str = typer.Option(str(DEFAULT_WINDOW), help="window length; a comma list is "
                                                          "chosen by validation loss"),
     epochs: int = typer.Option(ModelConfig.epochs,
@@ -104,6 +107,9 @@ def train(
     rul_weight: float = typer.Option(ModelConfig.rul_loss_weight,
                                      help="loss weight of the RUL head against the failure head"),
     dropout: float = typer.Option(ModelConfig.dropout),
+    input_noise: float = typer.Option(ModelConfig.input_noise, min=0.0,
+                                      help="standard deviation of the Gaussian noise added to "
+                                           "the normalised inputs while training"),
     cell_penalty: float = typer.Option(0.0, help="loss weight keeping the LSTM cell states "
                                                  "within +-2 (narrower int8 ranges)"),
     seed: int = typer.Option(0),
@@ -144,7 +150,8 @@ def train(
         if arch not in ARCHITECTURES:
             raise _fail(f"--arch {arch!r}: choose {', '.join(ARCHITECTURES)}")
         cfg = ModelConfig(arch=arch, lstm1=lstm1, lstm2=lstm2, epochs=epochs,
-                          rul_loss_weight=rul_weight, dropout=dropout, cell_penalty=cell_penalty)
+                          rul_loss_weight=rul_weight, dropout=dropout, cell_penalty=cell_penalty,
+                          input_noise=input_noise)
         feature_list = [f.strip() for f in features.split(",")] if features else None
 
         def prepare(w: int):
@@ -152,7 +159,7 @@ def train(
                 return prepare_csv(csv, asset_col, time_col, feature_list, w, seed=seed,
                                    regimes=regimes)
             return prepare_cmapss(data or default_data_dir(), subset, w, seed=seed,
-                                  max_units=max_units, regimes=regimes)
+                                  max_units=max_units, regimes=regimes, with_age=age)
 
         try:
             windows = _windows(window)

@@ -37,6 +37,10 @@ KMEANS_RESTARTS = 4
 LIMIT_SPREAD = 3.0
 LIMIT_SEPARATION = 0.25
 MIN_LIMIT = 1e-3
+# The operating time since new (C-MAPSS: the cycle count; a real machine's hour meter) is a
+# model input: where the sensors of a young engine show little wear yet, its age still says how
+# much life such engines usually have left (figures in docs/converter.md, "Why the age").
+AGE = "cycle"
 
 
 class DataError(ValueError):
@@ -79,17 +83,18 @@ class Fleet:
 
 # --------------------------------------------------------------------------- loaders
 
-def load_cmapss(path: str | Path, with_settings: bool = False) -> Fleet:
+def load_cmapss(path: str | Path, with_settings: bool = False, with_age: bool = False) -> Fleet:
     """A C-MAPSS train or test file. Candidate features are the 21 sensors; the three
     operational settings only with `with_settings` (in FD001 there is one operating condition,
-    so settings 1-2 are noise and setting 3 is constant)."""
+    so settings 1-2 are noise and setting 3 is constant); the engine's age in cycles (AGE, the
+    `cycle` column) first with `with_age`."""
     try:
         rows = read_cmapss(path)
     except CmapssFormatError as exc:
         raise DataError(str(exc)) from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    candidates = [*SETTINGS, *SENSORS] if with_settings else list(SENSORS)
+    candidates = [*([AGE] if with_age else []), *(SETTINGS if with_settings else []), *SENSORS]
     idx = [COLUMNS.index(c) for c in candidates]
     series, times = {}, {}
     for unit in np.unique(rows[:, 0]):
@@ -570,7 +575,8 @@ def cmapss_test_set(data_dir: str | Path, subset: str, normaliser: Normaliser,
                     window: int) -> TestSet:
     """The standard C-MAPSS test protocol: each test unit's last window against the RUL file."""
     paths = cmapss_paths(data_dir, subset, ("test", "RUL"))
-    test = load_rul_truth(paths["RUL"], load_cmapss(paths["test"], with_settings=True))
+    test = load_rul_truth(paths["RUL"], load_cmapss(paths["test"], with_settings=True,
+                                                    with_age=True))
     test = test.select(normaliser.columns)
     return TestSet(last_windows(test, normaliser, window), all_windows(test, normaliser, window),
                    _cmapss_protocol(subset, len(test.assets)))
@@ -631,19 +637,22 @@ def _prepared(dataset: str, source_files: dict[str, Path], train_fleet: Fleet, v
 
 def prepare_cmapss(data_dir: str | Path, subset: str, window: int, val_fraction: float = 0.2,
                    seed: int = 0, with_settings: bool = False,
-                   max_units: int | None = None, regimes: int | None = None) -> Prepared:
+                   max_units: int | None = None, regimes: int | None = None,
+                   with_age: bool = True) -> Prepared:
     """Train/validation windows from train_<subset> split by unit, test set from test_<subset>.
     `max_units` keeps only the first units of both files (for quick runs). `regimes`: the
     number of operating regimes (None: found from the settings; FD001 has 1, FD002 6).
-    `with_settings` also offers the settings as model features (single regime only)."""
+    `with_settings` also offers the settings as model features (single regime only);
+    `with_age` offers the engine's age in cycles (AGE) as the first feature."""
     paths = cmapss_paths(data_dir, subset)
-    train_all = load_cmapss(paths["train"], with_settings=True)
-    test_fleet = load_rul_truth(paths["RUL"], load_cmapss(paths["test"], with_settings=True))
+    train_all = load_cmapss(paths["train"], with_settings=True, with_age=True)
+    test_fleet = load_rul_truth(paths["RUL"], load_cmapss(paths["test"], with_settings=True,
+                                                          with_age=True))
     if max_units:
         train_all = train_all.subset(train_all.assets[:max_units])
         test_fleet = test_fleet.subset(test_fleet.assets[:max_units])
     train_ids, val_ids = split_assets(train_all.assets, val_fraction, seed)
-    candidates = [*SETTINGS, *SENSORS] if with_settings else list(SENSORS)
+    candidates = [*([AGE] if with_age else []), *(SETTINGS if with_settings else []), *SENSORS]
     if with_settings and regimes is None:
         regimes = 1
     return _prepared(f"C-MAPSS {subset}", dict(paths), train_all.subset(train_ids),

@@ -59,10 +59,14 @@ def _lstm_body(inputs: keras.KerasTensor,
 def build_training_model(window: int, n_features: int, cfg: ModelConfig) -> keras.Model:
     inputs = keras.Input(shape=(window, n_features), name="window")
     extra = {}
+    x = inputs
+    if cfg.input_noise:
+        # active only in training: the inference model and its TFLite conversions skip it
+        x = keras.layers.GaussianNoise(cfg.input_noise, name="input_noise")(x)
     if cfg.arch == "lstm":
-        x, extra[CELL_STATE] = _lstm_body(inputs, cfg)
+        x, extra[CELL_STATE] = _lstm_body(x, cfg)
     else:
-        x = _cnn_body(inputs, cfg)
+        x = _cnn_body(x, cfg)
     probability = keras.layers.Dense(1, activation="sigmoid", name=PROBABILITY)(x)
     rul = keras.layers.Dense(1, activation="sigmoid", name=RUL_FRACTION)(x)
     return keras.Model(inputs, {PROBABILITY: probability, RUL_FRACTION: rul, **extra},

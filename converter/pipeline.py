@@ -213,9 +213,10 @@ def build(prepared: Prepared, out: Path, version: str, sign_key: Path | None,
     model or the chosen edge model misses it; nothing is written then."""
     thresholds = thresholds or Thresholds()
     tolerances = tolerances or Tolerances()
-    modes = list(quantize.MODES) if mode == AUTO else [mode]
+    # every mode is measured, the one named or not, so the report and the manifest always
+    # show them side by side
     trained, keras_metrics, float_report, candidates = train_and_measure(
-        prepared, horizon, rul_cap, cfg, modes, thresholds, tolerances, seed,
+        prepared, horizon, rul_cap, cfg, list(quantize.MODES), thresholds, tolerances, seed,
         calibration_windows, verbose, progress, callbacks)
     try:
         chosen = choose(candidates, mode)

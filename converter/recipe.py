@@ -30,6 +30,9 @@ class ModelConfig:
     lstm1: int = 64
     lstm2: int = 32
     dropout: float = 0.3
+    # Gaussian noise on the normalised inputs while training (none at inference): a regulariser
+    # for a network that sees only 80 training engines (FD001 RMSE 13.08 -> 12.83, 3 seeds).
+    input_noise: float = 0.05
     rul_loss_weight: float = 10.0
     # Soft failure labels (0.05 / 0.95) keep the failure head's logit within a few units: a
     # full-int8 model quantizes that logit on one scale, and saturated logits made the step so

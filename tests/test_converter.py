@@ -123,9 +123,12 @@ def test_prepared_cmapss_has_no_unit_in_two_splits_and_statistics_from_train_onl
     flat = p.train.x.reshape(-1, p.train.x.shape[-1])
     assert np.allclose(flat.min(axis=0), 0, atol=1e-3) and np.allclose(flat.max(axis=0), 1,
                                                                         atol=1e-3)
-    assert p.features == ["sensor_2", "sensor_3", "sensor_4", "sensor_7", "sensor_8",
+    # the engine's age first, then the 14 sensors that vary
+    assert p.features == ["cycle", "sensor_2", "sensor_3", "sensor_4", "sensor_7", "sensor_8",
                           "sensor_9", "sensor_11", "sensor_12", "sensor_13", "sensor_14",
                           "sensor_15", "sensor_17", "sensor_20", "sensor_21"]
+    assert prepare_cmapss(train_data_dir, "FD001", window=30, max_units=20,
+                          with_age=False).features == p.features[1:]
     # the drift statistics describe the same training units (one regime: FD001)
     stats = p.training_stats
     assert stats is not None and len(stats.regimes) == 1
@@ -168,7 +171,7 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory, keys):
-    """A bundle from 8 units, one epoch, the default network, int8 edge model: built through
+    """A bundle from 8 units, three epochs, the default network, int8 edge model: built through
     the CLI (--allow-weak: so small a run cannot reach the quality floor)."""
     if not (DATA_DIR / "train_FD001.txt").exists():
         pytest.skip(f"C-MAPSS data not found in {DATA_DIR}")
@@ -176,7 +179,7 @@ def tiny_bundle(tmp_path_factory, keys):
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     result = runner.invoke(app, ["train", "--data", str(DATA_DIR), "--out", str(out),
-                                 "--max-units", "8", "--epochs", "1", "--window", "20",
+                                 "--max-units", "8", "--epochs", "3", "--window", "20",
                                  "--quantize", "int8",
                                  "--calibration-windows", "100", "--version", "tiny-1",
                                  "--sign-key", str(keys[0]), "--allow-weak"])
@@ -189,10 +192,10 @@ def tiny_bundle(tmp_path_factory, keys):
 def test_tiny_train_writes_a_signed_int8_bundle_that_litert_runs(tiny_bundle, keys):
     manifest = verify_bundle(tiny_bundle, [keys[1]])
     assert manifest.edge.quantization == "int8" and manifest.edge.file == "model_int8.tflite"
-    assert manifest.window == 20 and len(manifest.features) == 14
+    assert manifest.window == 20 and len(manifest.features) == 15
     assert set(manifest.metrics) >= {"keras", "float32", "int8", "training"}
     assert manifest.training_stats is not None  # for the cloud's drift checks
-    assert [len(r.features) for r in manifest.training_stats.regimes] == [14]
+    assert [len(r.features) for r in manifest.training_stats.regimes] == [15]
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(tiny_bundle / "model_int8.tflite"))
@@ -292,6 +295,21 @@ def test_the_recipe_builds_both_bodies_with_the_two_named_heads():
     assert set(lstm.output_names) == {PROBABILITY, RUL_FRACTION, CELL_STATE}
     with pytest.raises(ValueError, match="unknown architecture 'gru'; choose one of cnn, lstm"):
         ModelConfig(arch="gru")
+
+
+def test_input_noise_acts_in_training_only():
+    from converter.model import build_training_model, inference_model
+    from converter.recipe import ModelConfig
+
+    trained = build_training_model(20, 3, ModelConfig(input_noise=0.5, dropout=0.0))
+    shipped = inference_model(trained)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 20, 3)).astype(np.float32)
+    noisy = [np.asarray(trained(x, training=True)["rul_fraction"]) for _ in range(2)]
+    assert not np.allclose(noisy[0], noisy[1])
+    # the shipped model (and so every TFLite conversion of it) sees the window as it is
+    clean = np.asarray(shipped(x, training=False))
+    assert np.array_equal(clean, np.asarray(shipped(x, training=False)))
+    assert np.allclose(clean[:, 1:], np.asarray(trained(x, training=False)["rul_fraction"]))
 
 
 def test_train_refuses_an_unknown_architecture(tmp_path):

@@ -37,6 +37,7 @@ from contract.manifest import FeatureBins, Manifest, TrainingStats
 from contract.payloads import UplinkBatch
 from contract.preprocess import Normaliser
 from converter.data import (
+    AGE,
     choose_features,
     load_cmapss,
     scaling_for,
@@ -56,13 +57,22 @@ shared_browser = test_web.browser
 REPO = Path(__file__).resolve().parent.parent
 STATS_FILE = REPO / "tests" / "data" / "fd001_training_stats.json"
 FD002_EXCERPT = REPO / "data" / "cmapss" / "test_FD002_units1-5.txt"
+FD001_TEST = REPO / "data" / "cmapss" / "test_FD001.txt"
 # The default bundle's manifest without its training statistics, as bundles written before
 # drift checks are; tests that need statistics add them.
 MANIFEST = json.loads((REPO / "models" / "default" / "manifest.json").read_text())
 MANIFEST.pop("training_stats", None)
 FEATURES: list[str] = MANIFEST["features"]
+# what an FD002 engine drifts in from the FD001 model: every sensor, not the age (FD002's
+# engines run about as long as FD001's)
+SENSORS_ONLY = [f for f in FEATURES if f != AGE]
 SETTINGS = DriftSettings()
 WINDOW = 200  # recent ticks per asset, the cloud's default
+
+
+def model_inputs(path: Path) -> dict[str, np.ndarray]:
+    """Each engine's rows of a C-MAPSS file, the default model's features only."""
+    return load_cmapss(path, with_age=True).select(FEATURES).series
 
 
 def fd001_stats() -> TrainingStats:
@@ -70,9 +80,8 @@ def fd001_stats() -> TrainingStats:
 
 
 def recent_reports(path: Path, stats: TrainingStats) -> dict[str, object]:
-    fleet = load_cmapss(path).select(FEATURES)
     return {asset: assess(rows[-WINDOW:], FEATURES, stats, SETTINGS)
-            for asset, rows in fleet.series.items()}
+            for asset, rows in model_inputs(path).items()}
 
 
 def test_fd001_test_engines_do_not_drift(data_dir):
@@ -88,13 +97,14 @@ def test_fd001_test_engines_do_not_drift(data_dir):
 
 def test_fd002_engines_drift_from_the_fd001_model():
     """The committed excerpt (five FD002 test engines): six operating conditions the FD001
-    model never saw; every feature of every engine is far past the drift threshold."""
+    model never saw; every sensor of every engine is far past the drift threshold (not the
+    age: FD002's engines run about as long as FD001's)."""
     reports = recent_reports(FD002_EXCERPT, fd001_stats())
     assert len(reports) == 5
     for asset, report in reports.items():
         assert report.state is DriftState.DRIFT, asset
         assert report.score is not None and report.score > 10 * SETTINGS.drift
-        assert report.drifting == FEATURES
+        assert report.drifting == SENSORS_ONLY
 
 
 def test_every_fd002_test_engine_drifts(train_data_dir):
@@ -105,7 +115,7 @@ def test_every_fd002_test_engine_drifts(train_data_dir):
 
 
 def test_committed_statistics_are_what_the_converter_computes(train_data_dir):
-    train = load_cmapss(train_data_dir / "train_FD001.txt")
+    train = load_cmapss(train_data_dir / "train_FD001.txt", with_age=True)
     kept, _ = split_assets(train.assets, 0.2, 0)  # the split `train` makes with seed 0
     fleet = train.subset(kept)
     assert choose_features(fleet) == FEATURES
@@ -113,7 +123,7 @@ def test_committed_statistics_are_what_the_converter_computes(train_data_dir):
 
 
 def test_few_ticks_are_unavailable_not_ok():
-    rows = load_cmapss(FD002_EXCERPT).select(FEATURES).series["1"][:SETTINGS.min_ticks - 1]
+    rows = model_inputs(FD002_EXCERPT)["1"][:SETTINGS.min_ticks - 1]
     report = assess(rows, FEATURES, fd001_stats(), SETTINGS)
     assert report.state is DriftState.UNAVAILABLE and report.score is None
     assert "fewer than the 50 needed" in (report.reason or "")
@@ -192,7 +202,8 @@ def test_manifest_refuses_inconsistent_statistics_and_loads_without_them():
     doc["training_stats"] = fd001_stats().model_dump()
     assert Manifest.model_validate(doc).training_stats == fd001_stats()
     doc["training_stats"]["regimes"][0]["features"].pop()
-    with pytest.raises(ValidationError, match="training_stats has 13 features for 14"):
+    n = len(FEATURES)
+    with pytest.raises(ValidationError, match=f"training_stats has {n - 1} features for {n}"):
         Manifest.model_validate(doc)
     with pytest.raises(ValidationError, match="expected shares"):
         FeatureBins(edges=[1.0], expected=[0.5, 0.6])
@@ -226,8 +237,8 @@ def metric(scorer: Scorer, name: str, **labels: str) -> float | None:
 # The fake model's sigmoid overflows on FD002 inputs normalised with FD001 statistics.
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")
 def test_the_scorer_checks_drift_stores_it_and_raises_and_clears_events_once(tmp_path):
-    fd001 = load_cmapss(REPO / "data" / "cmapss" / "test_FD001.txt").select(FEATURES).series
-    fd002 = load_cmapss(FD002_EXCERPT).select(FEATURES).series
+    fd001 = model_inputs(FD001_TEST)
+    fd002 = model_inputs(FD002_EXCERPT)
     store = SqliteStore(tmp_path / "cloud.db")
     scorer = drift_scorer(store)
     assert len(fd001["1"]) < SETTINGS.min_ticks  # 31 cycles: too few to judge
@@ -243,7 +254,7 @@ def test_the_scorer_checks_drift_stores_it_and_raises_and_clears_events_once(tmp
     assert check is not None and check["ticks"] == WINDOW and check["last_seq"] == 257
     detail = json.loads(check["detail"])
     assert [f["feature"] for f in detail["features"]] == FEATURES
-    assert all(f["state"] == "drift" for f in detail["features"])
+    assert [f["feature"] for f in detail["features"] if f["state"] == "drift"] == SENSORS_ONLY
     assert [(e["asset"], e["kind"]) for e in store.drift_events(None, None, None, 0, 50)] == [
         ("fd002-1", "raised"), ("fd002-3", "raised")]
     assert metric(scorer, "pdm_cloud_assets_drifting") == 2
@@ -280,7 +291,7 @@ def test_a_model_without_training_statistics_checks_nothing(tmp_path):
     m = Manifest.model_validate(MANIFEST)
     scorer = Scorer(store, FakeModel(m), m, Metrics(), lambda *_: None, max_delay=0,
                     drift=DriftOptions(interval=0.0))
-    rows = load_cmapss(FD002_EXCERPT).select(FEATURES).series["1"]
+    rows = model_inputs(FD002_EXCERPT)["1"]
     scorer.notify(store.write_ingest([Received(cmapss_batch("e1", rows, 0), time.time())],
                                      [], []))
     assert scorer.drain() > 0
@@ -336,8 +347,8 @@ def drifting_cloud(tmp_path_factory, fd001_bundle_with_stats):
     folder, public = fd001_bundle_with_stats
     work = tmp_path_factory.mktemp("drifting")
     broker = Mosquitto(work / "broker").start()
-    fd001 = load_cmapss(REPO / "data" / "cmapss" / "test_FD001.txt").select(FEATURES).series
-    fd002 = load_cmapss(FD002_EXCERPT).select(FEATURES).series
+    fd001 = model_inputs(FD001_TEST)
+    fd002 = model_inputs(FD002_EXCERPT)
     engines = {f"fd001-{u}": fd001[u] for u in [u for u, r in fd001.items()
                                                  if len(r) >= WINDOW][:2]}
     engines |= {f"fd002-{u}": fd002[u] for u in ("1", "3")}
@@ -375,13 +386,14 @@ def test_the_api_and_metrics_show_fd002_engines_drifting_from_the_fd001_model(dr
         want = "drift" if asset.startswith("fd002") else "ok"
         assert drift["state"] == want, (asset, drift["score"])
         if want == "drift":
-            assert all(f["state"] == "drift" for f in drift["features"])
+            assert [f["feature"] for f in drift["features"]
+                    if f["state"] == "drift"] == SENSORS_ONLY
     listed = {a["asset"]: a["drift_state"] for a in c.http.get("/api/v1/assets").json()}
     assert listed == {a: ("drift" if a.startswith("fd002") else "ok") for a in engines}
     events = c.http.get("/api/v1/drift-events").json()["items"]
     assert sorted((e["asset"], e["kind"]) for e in events) == [
         ("fd002-1", "raised"), ("fd002-3", "raised")]
-    assert events[0]["features"] == FEATURES
+    assert events[0]["features"] == SENSORS_ONLY
     assert c.http.get("/api/v1/drift-events", params={"kind": "cleared"}).json() == {
         "items": [], "next_after_id": None}
     metrics = c.http.get("/metrics").text
@@ -429,7 +441,7 @@ def test_drift_of_a_model_without_statistics_says_why(tmp_path, broker):
     c = Running(cloud_config(tmp_path, broker, older, public))
     publisher = Publisher(broker)
     try:
-        rows = load_cmapss(FD002_EXCERPT).select(FEATURES).series["1"]
+        rows = model_inputs(FD002_EXCERPT)["1"]
         publisher.send(topics.uplink("gw"), codec.encode_uplink(cmapss_batch("e1", rows, 0)))
         wait_until(lambda: c.http.get("/api/v1/assets/gw/e1").status_code == 200, 30,
                    "the asset stored")

@@ -201,7 +201,8 @@ def test_cmapss_streams_loop_from_the_first_cycle_when_a_unit_ends(data_dir):
 def test_csv_rows_parse_numbers_and_name_missing_columns(tmp_path):
     f = tmp_path / "x.csv"
     f.write_text("machine,t,a,b\nm1,1,0.5,oops\n")
-    assert list(csv_rows(f, "machine", "t")) == [("m1", 1.0, {"a": 0.5, "b": "oops"})]
+    # the time stays among the values too: a model may take operating time as an input
+    assert list(csv_rows(f, "machine", "t")) == [("m1", 1.0, {"t": 1.0, "a": 0.5, "b": "oops"})]
     with pytest.raises(ValueError, match="no column 'asset'"):
         list(csv_rows(f, "asset", "t"))
 

@@ -355,12 +355,15 @@ def test_opcua_server_restart_is_survived(opcua_server, caplog):
 
 @pytest.mark.parametrize("name", ["agent.modbus.yaml", "agent.opcua.yaml"])
 def test_example_configs_are_valid(name):
+    from contract.bundle import read_manifest
     from edge_agent.config import load_config
     from tests.conftest import REPO
 
     cfg = load_config(REPO / "deploy" / "gateway" / name)
     src = cfg.sources[0]
     if isinstance(src, ModbusSource):  # the register map the simulated PLC serves
+        # every input of the bundle it names, or the agent refuses every reading
+        assert set(read_manifest(REPO / cfg.bundle.path).features) <= set(src.registers)
         assert {k: (r.address, r.data_type) for k, r in src.registers.items()} == {
             k: (v["address"], v["data_type"])
             for k, v in cmapss_registers(list(src.registers)).items()}

@@ -64,13 +64,13 @@ def test_fd001_keeps_one_global_normalisation_and_features_only():
     needs("FD001")
     p = prepare_cmapss(DATA_DIR, "FD001", window=30, max_units=20)
     assert p.regimes is None and p.normalisation is not None
-    assert p.columns == p.features and len(p.features) == 14
+    assert p.columns == p.features and len(p.features) == 15
 
 
 def test_fd002_regimes_are_recorded_and_ticks_carry_the_settings(fd002):
     assert fd002.regimes is not None and fd002.normalisation is None
     assert fd002.regimes.count == 6
-    assert fd002.features == ["sensor_2", "sensor_3", "sensor_4", "sensor_7", "sensor_8",
+    assert fd002.features == ["cycle", "sensor_2", "sensor_3", "sensor_4", "sensor_7", "sensor_8",
                               "sensor_9", "sensor_11", "sensor_12", "sensor_13", "sensor_14",
                               "sensor_15", "sensor_17", "sensor_20", "sensor_21"]
     assert fd002.columns == [*fd002.features, "setting_1", "setting_2", "setting_3"]

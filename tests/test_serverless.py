@@ -29,6 +29,7 @@ from tests.support.procs import track
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"PDM_BUNDLE": str(DEFAULT_BUNDLE), "PDM_BUNDLE_KEY": str(DEFAULT_BUNDLE_KEY)}
 W = read_manifest(DEFAULT_BUNDLE).window  # window length of the default bundle
+F = len(read_manifest(DEFAULT_BUNDLE).features)  # and its inputs per row
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +112,10 @@ def test_http_scores_like_the_container(loaded, keras):
     ({"rows": []}, '"windows"'),
     ({"windows": []}, "non-empty"),
     ({"windows": [[[1.0, 2.0]]]}, "rows of"),
-    ({"windows": [[["x"] * 14] * W]}, "rows of"),
-    ({"windows": [[[float("nan")] * 14] * W]}, "non-finite"),
-    ({"windows": [[[0.0] * 14] * W], "features": ["a"]}, "lack"),
-    ({"windows": [[[0.0] * 14] * W], "extra": 1}, "unknown"),
+    ({"windows": [[["x"] * F] * W]}, "rows of"),
+    ({"windows": [[[float("nan")] * F] * W]}, "non-finite"),
+    ({"windows": [[[0.0] * F] * W], "features": ["a"]}, "lack"),
+    ({"windows": [[[0.0] * F] * W], "extra": 1}, "unknown"),
 ])
 def test_http_bad_input_is_a_400_with_the_reason(loaded, body, reason):
     event = http_event(body)

@@ -56,7 +56,9 @@ def cmapss_streams(path: Path, units: list[int] | str, prefix: str,
 
 def csv_rows(path: Path, asset_column: str,
              time_column: str) -> Iterator[tuple[str, float | str, dict]]:
-    """(asset, time, values) per CSV row; numbers parsed, anything else left for the checker."""
+    """(asset, time, values) per CSV row; numbers parsed, anything else left for the checker.
+    The time column stays among the values: where it counts operating time (C-MAPSS's `cycle`)
+    a model may take it as a feature."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         for col in (asset_column, time_column):
@@ -70,7 +72,7 @@ def csv_rows(path: Path, asset_column: str,
                     values[k] = float(v)
                 except (TypeError, ValueError):
                     values[k] = v
-            yield asset, values.pop(time_column), values
+            yield asset, values[time_column], values
 
 
 class Replay(threading.Thread):
