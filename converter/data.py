@@ -83,6 +83,11 @@ class Fleet:
 
 # --------------------------------------------------------------------------- loaders
 
+def cmapss_candidates(with_settings: bool, with_age: bool) -> list[str]:
+    """The C-MAPSS columns offered as features, in order: the age, the settings, the sensors."""
+    return [*([AGE] if with_age else []), *(SETTINGS if with_settings else []), *SENSORS]
+
+
 def load_cmapss(path: str | Path, with_settings: bool = False, with_age: bool = False) -> Fleet:
     """A C-MAPSS train or test file. Candidate features are the 21 sensors; the three
     operational settings only with `with_settings` (in FD001 there is one operating condition,
@@ -94,7 +99,7 @@ def load_cmapss(path: str | Path, with_settings: bool = False, with_age: bool = 
         raise DataError(str(exc)) from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    candidates = [*([AGE] if with_age else []), *(SETTINGS if with_settings else []), *SENSORS]
+    candidates = cmapss_candidates(with_settings, with_age)
     idx = [COLUMNS.index(c) for c in candidates]
     series, times = {}, {}
     for unit in np.unique(rows[:, 0]):
@@ -652,7 +657,7 @@ def prepare_cmapss(data_dir: str | Path, subset: str, window: int, val_fraction:
         train_all = train_all.subset(train_all.assets[:max_units])
         test_fleet = test_fleet.subset(test_fleet.assets[:max_units])
     train_ids, val_ids = split_assets(train_all.assets, val_fraction, seed)
-    candidates = [*([AGE] if with_age else []), *(SETTINGS if with_settings else []), *SENSORS]
+    candidates = cmapss_candidates(with_settings, with_age)
     if with_settings and regimes is None:
         regimes = 1
     return _prepared(f"C-MAPSS {subset}", dict(paths), train_all.subset(train_ids),
