@@ -362,11 +362,12 @@ def test_cloud_alerts_reach_the_webhooks_that_want_their_severity(tmp_path, brok
         assert [r.body["text"].split(":")[0] for r in slack] == [
             e.new_state.value for e in published]
         assert all(set(r.body) == {"text", "blocks"} for r in slack)
-        page = cloud.http.get("/metrics").text
-        assert 'pdm_cloud_webhook_deliveries_total{outcome="delivered",webhook="pager"} 1.0' \
-            in page
-        assert (f'pdm_cloud_webhook_deliveries_total{{outcome="delivered",webhook="chat"}} '
-                f'{float(len(published))}') in page
+        # a delivery is counted once the receiver's answer is back, a moment after it arrived
+        delivered = ['pdm_cloud_webhook_deliveries_total{outcome="delivered",webhook="pager"} 1.0',
+                     f'pdm_cloud_webhook_deliveries_total{{outcome="delivered",webhook="chat"}} '
+                     f'{float(len(published))}']
+        wait_until(lambda: all(line in cloud.http.get("/metrics").text for line in delivered),
+                   10, "the delivery counters")
         assert len(pager.requests) == 1
         # the dashboard's fleet view counts the asset as CRITICAL (at the next lease renewal)
         wait_until(lambda: 'pdm_cloud_assets_by_state{state="CRITICAL"} 1.0'
