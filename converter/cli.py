@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import Iterator
@@ -110,6 +111,10 @@ def train(
     input_noise: float = typer.Option(ModelConfig.input_noise, min=0.0,
                                       help="standard deviation of the Gaussian noise added to "
                                            "the normalised inputs while training"),
+    members: int = typer.Option(ModelConfig.members, min=0,
+                                help="models trained on all training assets, once early "
+                                     "stopping has picked the epochs, and averaged into the "
+                                     "shipped one (0: ship the early-stopped model)"),
     cell_penalty: float = typer.Option(0.0, help="loss weight keeping the LSTM cell states "
                                                  "within +-2 (narrower int8 ranges)"),
     seed: int = typer.Option(0),
@@ -151,7 +156,7 @@ def train(
             raise _fail(f"--arch {arch!r}: choose {', '.join(ARCHITECTURES)}")
         cfg = ModelConfig(arch=arch, lstm1=lstm1, lstm2=lstm2, epochs=epochs,
                           rul_loss_weight=rul_weight, dropout=dropout, cell_penalty=cell_penalty,
-                          input_noise=input_noise)
+                          input_noise=input_noise, members=members)
         feature_list = [f.strip() for f in features.split(",")] if features else None
 
         def prepare(w: int):
@@ -171,7 +176,8 @@ def train(
                           version or f"{subset.lower()}-{dt.date.today():%Y%m%d}", sign_key,
                           cfg, quantize, horizon, rul_cap, seed=seed,
                           calibration_windows=calibration_windows, verbose=0,
-                          progress=console.log, callbacks=[EpochProgress(console, cfg.epochs)],
+                          progress=console.log,
+                          fit_callbacks=lambda label, n: [EpochProgress(console, n, label)],
                           floor=None if allow_weak else floor)
         except DataError as exc:
             raise _fail(str(exc)) from None
@@ -214,10 +220,12 @@ def _choose_window(windows, prepare, cfg, horizon, rul_cap, seed) -> int:
     from converter.progress import EpochProgress
 
     scores: dict[int, float] = {}
+    alone = dataclasses.replace(cfg, members=0)  # the validation loss decides; no refit
     for w in windows:
         p = prepare(w)
-        result = fit(p.train, p.val, horizon, rul_cap, cfg, seed, verbose=0,
-                     callbacks=[EpochProgress(console, cfg.epochs, f"window {w}")])
+        bar = EpochProgress(console, cfg.epochs, f"window {w}")
+        result = fit(p.train, p.val, horizon, rul_cap, alone, seed, verbose=0,
+                     fit_callbacks=lambda _label, _epochs: [bar])  # noqa: B023 (called at once)
         scores[w] = min(result.history["val_loss"])
         console.log(f"window {w}: best validation loss {scores[w]:.4f}")
     best = min(scores, key=scores.__getitem__)

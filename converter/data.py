@@ -427,6 +427,12 @@ class Windows:
     def take(self, mask: np.ndarray) -> Windows:
         return Windows(self.x[mask], self.rul[mask], self.asset[mask], self.end_time[mask])
 
+    def plus(self, other: Windows) -> Windows:
+        """Both sets of windows, these first."""
+        return Windows(np.concatenate([self.x, other.x]), np.concatenate([self.rul, other.rul]),
+                       np.concatenate([self.asset, other.asset]),
+                       np.concatenate([self.end_time, other.end_time]))
+
 
 def failure_label(rul: np.ndarray, horizon: int) -> np.ndarray:
     return (np.asarray(rul) <= horizon).astype(np.float32)

@@ -14,6 +14,7 @@ convert to TFLite with an unfixed batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -84,28 +85,28 @@ def _cell_excess(margin: float):
     return cell_excess
 
 
-def inference_model(trained: keras.Model) -> keras.Model:
+def inference_model(trained: keras.Model, name: str = "pdm_model") -> keras.Model:
     """The shipped model: the trained layers, one (batch, 2) output."""
     outputs = [trained.get_layer(PROBABILITY).output, trained.get_layer(RUL_FRACTION).output]
     joined = keras.layers.Concatenate(axis=-1, name="outputs")(outputs)
     # `input`, not `inputs`: the one input tensor, not a list of one, so that a window batch
     # is the structure the model expects (a list makes Keras warn on every call)
-    return keras.Model(trained.input, joined, name="pdm_model")
+    return keras.Model(trained.input, joined, name=name)
 
 
 @dataclass
 class TrainResult:
     model: keras.Model           # inference model, output (batch, 2)
-    history: dict[str, list[float]]
+    history: dict[str, list[float]]  # of the early-stopped fit, validation curves included
     best_epoch: int
     seconds: float
+    members: int = 0             # models averaged into `model` (0: the early-stopped one)
 
 
-def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: ModelConfig,
-          seed: int = 0, verbose: int = 2,
-          callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
-    keras.utils.set_random_seed(seed)
-    window, n_features = train.x.shape[1:]
+FitCallbacks = Callable[[str, int], list[keras.callbacks.Callback]]
+
+
+def _compiled(n_features: int, window: int, cfg: ModelConfig) -> keras.Model:
     model = build_training_model(window, n_features, cfg)
     losses = {PROBABILITY: keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
               RUL_FRACTION: "mse"}
@@ -115,27 +116,67 @@ def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: Model
         weights[CELL_STATE] = cfg.cell_penalty
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=losses,
                   loss_weights=weights)
+    return model
 
-    def targets(w: Windows) -> dict[str, np.ndarray]:
-        out = {PROBABILITY: w.labels(horizon)[:, None],
-               RUL_FRACTION: w.rul_fraction(rul_cap)[:, None]}
-        if cfg.arch == "lstm":
-            out[CELL_STATE] = np.zeros((len(w), 1), np.float32)
-        return out
 
+def _targets(w: Windows, horizon: int, rul_cap: float, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    out = {PROBABILITY: w.labels(horizon)[:, None], RUL_FRACTION: w.rul_fraction(rul_cap)[:, None]}
+    if cfg.arch == "lstm":
+        out[CELL_STATE] = np.zeros((len(w), 1), np.float32)
+    return out
+
+
+def average_model(members: list[keras.Model]) -> keras.Model:
+    """One model whose output is the mean of the members' outputs: the edge and the cloud run
+    it as they run a single network (one TFLite file, one `predict`)."""
+    inputs = keras.Input(shape=members[0].input.shape[1:], name="window")
+    outputs = [m(inputs) for m in members]
+    return keras.Model(inputs, keras.layers.Average(name="outputs_mean")(outputs),
+                       name="pdm_model")
+
+
+def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: ModelConfig,
+          seed: int = 0, verbose: int = 2, fit_callbacks: FitCallbacks | None = None,
+          ) -> TrainResult:
+    """Early stopping on the held-out assets picks the epoch count and the learning-rate
+    schedule; with `cfg.members` > 0 that many models are then trained on every training asset
+    (held-out ones included) with that schedule and averaged. The refit uses the fifth of the
+    fleet the validation split kept out, and the average evens out the initialisations: on
+    C-MAPSS FD001 the split alone moved a single model's RUL error by up to 1.8 cycles."""
+    callbacks_for = fit_callbacks or (lambda label, epochs: [])
+    keras.utils.set_random_seed(seed)
+    window, n_features = train.x.shape[1:]
+    model = _compiled(n_features, window, cfg)
     stop = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                           restore_best_weights=True),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                               patience=cfg.lr_patience)]
     started = time.monotonic()
-    fit = model.fit(train.x, targets(train), validation_data=(val.x, targets(val)),
+    fit = model.fit(train.x, _targets(train, horizon, rul_cap, cfg),
+                    validation_data=(val.x, _targets(val, horizon, rul_cap, cfg)),
                     epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
-                    callbacks=[*stop, *(callbacks or [])], verbose=verbose)
-    seconds = time.monotonic() - started
+                    callbacks=[*stop, *callbacks_for("training", cfg.epochs)], verbose=verbose)
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     best = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else len(
         history.get("loss", []))
-    return TrainResult(inference_model(model), history, best, seconds)
+    if not cfg.members or len(val) == 0:
+        return TrainResult(inference_model(model), history, best, time.monotonic() - started)
+    # the learning rate of each epoch up to the one kept (ReduceLROnPlateau logs it)
+    rates = history.get("learning_rate", [cfg.learning_rate] * best)[:best]
+    everything = train.plus(val)
+    members = []
+    for k in range(cfg.members):
+        keras.utils.set_random_seed(seed * 100 + k)
+        member = _compiled(n_features, window, cfg)
+        schedule = keras.callbacks.LearningRateScheduler(
+            lambda epoch, _lr: float(rates[min(epoch, len(rates) - 1)]))
+        label = f"member {k + 1}/{cfg.members}, all assets"
+        member.fit(everything.x, _targets(everything, horizon, rul_cap, cfg), epochs=best,
+                   batch_size=cfg.batch_size, shuffle=True,
+                   callbacks=[schedule, *callbacks_for(label, best)], verbose=verbose)
+        members.append(inference_model(member, name=f"member_{k + 1}"))
+    return TrainResult(average_model(members), history, best, time.monotonic() - started,
+                       cfg.members)
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:

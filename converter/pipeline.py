@@ -96,15 +96,19 @@ def train_and_measure(prepared: Prepared, horizon: int, rul_cap: float, cfg: Mod
                       modes: list[str], thresholds: Thresholds, tolerances: Tolerances,
                       seed: int = 0, calibration_windows: int = 1000, verbose: int = 2,
                       progress: Callable[[str], None] | None = None,
-                      callbacks: list | None = None):
+                      fit_callbacks: lstm.FitCallbacks | None = None):
     """Train the float model and measure it and every requested edge mode on the test set."""
     _say(progress, f"training on {len(prepared.train)} windows of {len(prepared.train_assets)} "
                    f"assets (validation: {len(prepared.val)} windows, "
                    f"{len(prepared.val_assets)} assets)")
     trained = lstm.train(prepared.train, prepared.val, horizon, rul_cap, cfg, seed, verbose,
-                         callbacks)
-    _say(progress, f"kept epoch {trained.best_epoch} of {len(trained.history.get('loss', []))} "
-                   f"({trained.seconds:.0f} s)")
+                         fit_callbacks)
+    kept = f"kept epoch {trained.best_epoch} of {len(trained.history.get('loss', []))}"
+    if trained.members:
+        assets = len(prepared.train_assets) + len(prepared.val_assets)
+        kept += (f"; the model is the average of {trained.members} trained for "
+                 f"{trained.best_epoch} epochs on all {assets} training assets")
+    _say(progress, f"{kept} ({trained.seconds:.0f} s)")
     test = prepared.test
     keras_scored = lstm.predict(trained.model, test.scored.x)
     keras_every = lstm.predict(trained.model, test.every.x)
@@ -169,6 +173,7 @@ def write_bundle(out: Path, prepared: Prepared, trained: lstm.TrainResult,
         (tmp / edge_file).write_bytes(chosen.measured.flat)
         (tmp / HISTORY).write_text(json.dumps({"history": trained.history,
                                                "best_epoch": trained.best_epoch,
+                                               "members": trained.members,
                                                "seconds": round(trained.seconds, 1)}))
         metrics = {"keras": {k: float(v) for k, v in keras_metrics.items()},
                    "float32": _metrics_entry(float_report)}
@@ -177,6 +182,7 @@ def write_bundle(out: Path, prepared: Prepared, trained: lstm.TrainResult,
                 metrics[c.mode] = _metrics_entry(c.report)
         metrics["training"] = {"seconds": round(trained.seconds, 1),
                                "best_epoch": float(trained.best_epoch),
+                               "members": float(trained.members),
                                "train_windows": float(len(prepared.train)),
                                "val_windows": float(len(prepared.val))}
         manifest = Manifest(
@@ -207,7 +213,8 @@ def build(prepared: Prepared, out: Path, version: str, sign_key: Path | None,
           cfg: ModelConfig, mode: str = AUTO, horizon: int = 30, rul_cap: float = 125.0,
           thresholds: Thresholds | None = None, tolerances: Tolerances | None = None,
           seed: int = 0, calibration_windows: int = 1000, verbose: int = 2,
-          progress: Callable[[str], None] | None = None, callbacks: list | None = None,
+          progress: Callable[[str], None] | None = None,
+          fit_callbacks: lstm.FitCallbacks | None = None,
           floor: QualityFloor | None = None) -> Built:
     """Train, measure, gate, write. With a `floor`, refuses (WeakModelError) when the float
     model or the chosen edge model misses it; nothing is written then."""
@@ -217,7 +224,7 @@ def build(prepared: Prepared, out: Path, version: str, sign_key: Path | None,
     # show them side by side
     trained, keras_metrics, float_report, candidates = train_and_measure(
         prepared, horizon, rul_cap, cfg, list(quantize.MODES), thresholds, tolerances, seed,
-        calibration_windows, verbose, progress, callbacks)
+        calibration_windows, verbose, progress, fit_callbacks)
     try:
         chosen = choose(candidates, mode)
         misses = [] if floor is None else below_floor(floor, {

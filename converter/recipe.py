@@ -43,11 +43,18 @@ class ModelConfig:
     epochs: int = 60
     patience: int = 8          # early stopping on the validation loss (assets held out)
     lr_patience: int = 3       # halve the learning rate after this many epochs without gain
+    # After early stopping has picked the epoch count and learning-rate schedule on the held-out
+    # assets, this many models are trained on all training assets with that schedule and their
+    # outputs averaged in the shipped model (0: ship the early-stopped model itself). FD001,
+    # seeds 0-5: RUL RMSE 12.41 +- 0.68 -> 12.16 +- 0.20, F1 0.915 -> 0.929.
+    members: int = 3
     cell_penalty: float = 0.0  # LSTM only
     cell_margin: float = 2.0
     hidden_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.members < 0:
+            raise ValueError(f"members must be 0 or more, not {self.members}")
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of "
                              f"{', '.join(ARCHITECTURES)}")

@@ -194,6 +194,7 @@ def test_tiny_train_writes_a_signed_int8_bundle_that_litert_runs(tiny_bundle, ke
     assert manifest.edge.quantization == "int8" and manifest.edge.file == "model_int8.tflite"
     assert manifest.window == 20 and len(manifest.features) == 15
     assert set(manifest.metrics) >= {"keras", "float32", "int8", "training"}
+    assert manifest.metrics["training"]["members"] == 3  # the recipe's average of three
     assert manifest.training_stats is not None  # for the cloud's drift checks
     assert [len(r.features) for r in manifest.training_stats.regimes] == [15]
     from ai_edge_litert.interpreter import Interpreter
@@ -310,6 +311,41 @@ def test_input_noise_acts_in_training_only():
     clean = np.asarray(shipped(x, training=False))
     assert np.array_equal(clean, np.asarray(shipped(x, training=False)))
     assert np.allclose(clean[:, 1:], np.asarray(trained(x, training=False)["rul_fraction"]))
+
+
+def test_members_are_refit_on_every_asset_and_averaged_into_one_model():
+    """Early stopping on the held-out windows picks the epochs; each member then trains on
+    train + validation for exactly that many epochs, and the shipped model is their mean."""
+    from converter.data import Windows
+    from converter.model import predict, train
+    from converter.recipe import ModelConfig
+
+    rng = np.random.default_rng(0)
+
+    def windows(n: int) -> Windows:
+        rul = rng.uniform(0, 200, n)
+        x = np.repeat((rul / 200)[:, None, None], 10, axis=1) + rng.normal(0, 0.05, (n, 10, 2))
+        return Windows(x.astype(np.float32), rul, np.zeros(n, dtype=object), rul)
+
+    train_w, val_w = windows(256), windows(64)
+    seen: list[tuple[str, int]] = []
+    cfg = ModelConfig(filters=4, dense=4, epochs=4, patience=1, members=2, batch_size=64)
+    result = train(train_w, val_w, 30, 125, cfg, verbose=0,
+                   fit_callbacks=lambda label, epochs: seen.append((label, epochs)) or [])
+    assert result.members == 2 and 1 <= result.best_epoch <= 4
+    assert seen == [("training", 4), ("member 1/2, all assets", result.best_epoch),
+                    ("member 2/2, all assets", result.best_epoch)]
+    members = [result.model.get_layer(f"member_{k}") for k in (1, 2)]
+    x = val_w.x[:16]
+    outputs = [predict(m, x) for m in members]
+    assert not np.allclose(outputs[0], outputs[1])  # two initialisations
+    assert np.allclose(predict(result.model, x), (outputs[0] + outputs[1]) / 2, atol=1e-6)
+    assert predict(result.model, x).shape == (16, 2)
+    single = train(train_w, val_w, 30, 125, ModelConfig(filters=4, dense=4, epochs=2,
+                                                        members=0), verbose=0)
+    assert single.members == 0 and single.model.output.shape[-1] == 2
+    with pytest.raises(ValueError, match="members must be 0 or more"):
+        ModelConfig(members=-1)
 
 
 def test_train_refuses_an_unknown_architecture(tmp_path):
