@@ -120,6 +120,16 @@ def _scaling(m: Manifest) -> str:
             f"a tick farther than {r.max_distance:.3g} (standardised) is out of regime")
 
 
+def _members_line(m: Manifest) -> list[str]:
+    training = m.metrics.get("training", {})
+    members, epochs = int(training.get("members", 0)), int(training.get("best_epoch", 0))
+    if not members:
+        return []
+    return [f"- model: the mean of {members} networks trained on all training units for "
+            f"{epochs} epochs (the number early stopping chose on the held-out units; the "
+            "training curves are of that run)"]
+
+
 def summary_markdown(v: Verification, plots: list[Path]) -> str:
     m: Manifest = v.manifest
     k, e, a = v.keras_metrics, v.edge_metrics, v.agreement
@@ -129,6 +139,7 @@ def summary_markdown(v: Verification, plots: list[Path]) -> str:
              f"- normalisation: {_scaling(m)}",
              f"- window {m.window} ticks, horizon {m.horizon}, RUL cap {m.rul_cap:g}",
              f"- edge model: `{m.edge.file}` ({m.edge.quantization})",
+             *_members_line(m),
              f"- signature: {'verified with a trusted key' if v.signed_by_trusted_key else 'not checked (no key given)'}",  # noqa: E501
              f"- test protocol: {v.test.protocol}", "",
              "| model | accuracy | precision | recall | F1 | RUL RMSE | NASA score |",
