@@ -30,7 +30,7 @@ pytestmark = [
 ]
 DATA = REPO / "data" / "cmapss" / "test_FD001.txt"
 NEAR_FAILURE = [31, 34, 68, 81]  # true RUL 8, 7, 8, 8 (RUL_FD001)
-HEALTHY = [9, 2]  # true RUL 111, 98; 55 and 49 cycles, so both fill a window of 40
+HEALTHY = [9, 44]  # true RUL 111, 109; 55 and 54 cycles, so both fill a window of 50
 SUMMARY: list[dict] = []
 
 
