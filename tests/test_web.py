@@ -36,7 +36,7 @@ from tests.support.system import TOKEN, System
 # Debian's package; another Chromium (Ubuntu's snap: /snap/bin/chromium) through PDM_CHROMIUM
 CHROMIUM = Path(os.environ.get("PDM_CHROMIUM", "/usr/bin/chromium"))
 DATA = REPO / "data" / "cmapss" / "test_FD001.txt"
-UNITS = [31, 34, 68, 81, 9, 2]  # four near failure (true RUL 7-8), two healthy
+UNITS = [31, 34, 68, 81, 9, 44]  # four near failure (true RUL 7-8), two healthy (55, 54 cycles)
 READ_TOKEN = "web-read-token-0123456789"
 GATEWAY = "gw-web"
 
