@@ -9,6 +9,9 @@ window, then a dense layer): on C-MAPSS it is as accurate as the LSTM, trains in
 the time and, having no recurrent state, quantizes to full int8 within the parity gate. The
 LSTM body stays available (`arch="lstm"`); its layers are unrolled, as a looped LSTM does not
 convert to TFLite with an unfixed batch.
+
+With `members` > 0 (the recipe) the shipped model wraps several such inference models and
+outputs their mean, with the same input and output layout.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from converter.data import Windows
 from converter.recipe import ModelConfig
 
 PROBABILITY, RUL_FRACTION = "probability", "rul_fraction"
+SHIPPED = "pdm_model"  # the name of the model a bundle ships
 
 
 CELL_STATE = "cell_state"
@@ -85,7 +89,7 @@ def _cell_excess(margin: float):
     return cell_excess
 
 
-def inference_model(trained: keras.Model, name: str = "pdm_model") -> keras.Model:
+def inference_model(trained: keras.Model, name: str = SHIPPED) -> keras.Model:
     """The shipped model: the trained layers, one (batch, 2) output."""
     outputs = [trained.get_layer(PROBABILITY).output, trained.get_layer(RUL_FRACTION).output]
     joined = keras.layers.Concatenate(axis=-1, name="outputs")(outputs)
@@ -132,7 +136,7 @@ def average_model(members: list[keras.Model]) -> keras.Model:
     inputs = keras.Input(shape=members[0].input.shape[1:], name="window")
     outputs = [m(inputs) for m in members]
     return keras.Model(inputs, keras.layers.Average(name="outputs_mean")(outputs),
-                       name="pdm_model")
+                       name=SHIPPED)
 
 
 def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: ModelConfig,
@@ -164,6 +168,7 @@ def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: Model
     # the learning rate of each epoch up to the one kept (ReduceLROnPlateau logs it)
     rates = history.get("learning_rate", [cfg.learning_rate] * best)[:best]
     everything = train.plus(val)
+    targets = _targets(everything, horizon, rul_cap, cfg)
     members = []
     for k in range(cfg.members):
         keras.utils.set_random_seed(seed * 100 + k)
@@ -171,7 +176,7 @@ def train(train: Windows, val: Windows, horizon: int, rul_cap: float, cfg: Model
         schedule = keras.callbacks.LearningRateScheduler(
             lambda epoch, _lr: float(rates[min(epoch, len(rates) - 1)]))
         label = f"member {k + 1}/{cfg.members}, all assets"
-        member.fit(everything.x, _targets(everything, horizon, rul_cap, cfg), epochs=best,
+        member.fit(everything.x, targets, epochs=best,
                    batch_size=cfg.batch_size, shuffle=True,
                    callbacks=[schedule, *callbacks_for(label, best)], verbose=verbose)
         members.append(inference_model(member, name=f"member_{k + 1}"))
