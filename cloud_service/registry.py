@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -15,6 +16,20 @@ from cloud_service.store import ModelRow, ModelStore
 from contract.bundle import PublicKeyLike, pack_bundle, unpack_bundle, verify_bundle
 from contract.errors import ContractError
 from contract.manifest import SIGNATURE, Manifest
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file of this writer's own, then rename it over `path`. Replicas
+    sharing the registry folder each write the same bundle's tar when they start; with one
+    shared temporary name, one replica's rename took the file away from under another's."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".partial", delete=False) as tmp:
+        tmp.write(data)
+    try:
+        os.replace(tmp.name, path)
+    except OSError:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
 
 
 class Registry:
@@ -42,9 +57,7 @@ class Registry:
             if existing is None:
                 shutil.rmtree(final, ignore_errors=True)
                 shutil.move(str(folder), final)
-                tmp_tar = tar_path.with_suffix(".tar.partial")
-                tmp_tar.write_bytes(data)
-                tmp_tar.replace(tar_path)
+                _write_atomically(tar_path, data)
             record = self._record(manifest, final, tar_path, sha, len(data), source)
             return self.store.register_model(record)
 
@@ -59,9 +72,7 @@ class Registry:
             return existing, False
         tar_path = self.root / f"{manifest.version}.tar"
         if existing is None:
-            tmp_tar = tar_path.with_suffix(".tar.partial")
-            tmp_tar.write_bytes(data)
-            tmp_tar.replace(tar_path)
+            _write_atomically(tar_path, data)
         record = self._record(manifest, Path(folder), tar_path, sha, len(data), source)
         return self.store.register_model(record)
 
