@@ -22,13 +22,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file of this writer's own, then rename it over `path`. Replicas
     sharing the registry folder each write the same bundle's tar when they start; with one
     shared temporary name, one replica's rename took the file away from under another's."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".partial", delete=False) as tmp:
-        tmp.write(data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        os.replace(tmp.name, path)
-    except OSError:
-        Path(tmp.name).unlink(missing_ok=True)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk included: leave no partial file behind
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
